@@ -1,0 +1,57 @@
+"""nhr: mine high-quality image-editing triplets with no human in the loop.
+
+    import nhr
+    result = nhr.mine("configs/quickstart.yaml", run_dir="runs/quick")
+
+`import nhr` stays light: the pipeline, pyarrow and every model library load on first use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from nhr.config import NhrConfig
+    from nhr.executors.local import MineResult
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> NhrConfig:
+    """Read and validate a YAML run config (raises `nhr.config.ConfigError`)."""
+    from nhr.config import load_config as _load
+
+    return _load(path, overrides)
+
+
+def mine(
+    config: str | Path | dict[str, Any] | NhrConfig,
+    run_dir: str | Path | None = None,
+    *,
+    redo_from: str | None = None,
+    progress: bool = False,
+) -> MineResult:
+    """Mine (or resume) a run. `config` is a YAML path, a dict or an `NhrConfig`."""
+    from nhr.config import ConfigError, NhrConfig, parse_config
+    from nhr.executors.local import LocalExecutor, prepare_run_dir
+    from nhr.store import RunStore
+
+    if isinstance(config, (str, Path)):
+        config = load_config(config)
+    elif isinstance(config, dict):
+        config = parse_config(config)
+    elif not isinstance(config, NhrConfig):
+        raise TypeError(
+            f"config must be a path, a dict or an NhrConfig, not {type(config).__name__}"
+        )
+    run_dir = run_dir or config.run.run_dir
+    if not run_dir:
+        raise ConfigError("no run directory: set run.run_dir in the config or pass --run-dir")
+    config = config.model_copy(update={"run": config.run.model_copy(update={"run_dir": None})})
+    store = RunStore(run_dir)
+    prepare_run_dir(store, config, redo_from)
+    return LocalExecutor(config, store, show_progress=progress).run()
+
+
+__all__ = ["__version__", "load_config", "mine"]

@@ -1,0 +1,1 @@
+"""Analysis of a run: survival, thresholds, compute estimates and the HTML report."""

@@ -1,0 +1,58 @@
+"""Compute estimates: what a target dataset size costs, from this run's measured rates.
+
+The paper's advice (NHR-METHOD §5): target ~= attempts x product(stage survival) x
+augmentation. Equivalently, and with fewer assumptions, every stage's model calls and seconds
+scale with the number of released triplets: calls per released triplet, measured here, times
+the target.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def compute_estimate(stats: dict[str, Any], prompts: int, target: int) -> dict[str, Any] | None:
+    released = (stats.get("dataset") or {}).get("rows") or 0
+    if not released:
+        return None
+    scale = target / released
+    stages = []
+    for stage in stats["stages"]:
+        if not stage["model_calls"]:
+            continue
+        stages.append(
+            {
+                "stage": stage["stage"],
+                "calls_per_released": stage["model_calls"] / released,
+                "expected_calls": round(stage["model_calls"] * scale),
+                "expected_model_seconds": round(stage["model_seconds"] * scale, 1),
+            }
+        )
+    total_calls = sum(s["model_calls"] for s in stats["stages"])
+    edit = next((s for s in stats["stages"] if s["stage"] == "edit"), None)
+    return {
+        "target_released": target,
+        "measured_released": released,
+        "prompts_needed": round(prompts * scale),
+        "calls_per_released": total_calls / released,
+        "editor_calls_per_released": (edit["model_calls"] / released) if edit else None,
+        "stages": stages,
+    }
+
+
+def estimate_markdown(estimate: dict[str, Any]) -> str:
+    lines = [
+        f"For **{estimate['target_released']:,}** released triplets (this run released "
+        f"{estimate['measured_released']:,}): about **{estimate['prompts_needed']:,} prompts**, "
+        f"{estimate['calls_per_released']:.2f} model calls per released triplet "
+        f"({estimate['editor_calls_per_released'] or 0:.2f} of them editor calls).",
+        "",
+        "| stage | calls per released | expected calls | expected model-seconds |",
+        "|---|---:|---:|---:|",
+    ]
+    for s in estimate["stages"]:
+        lines.append(
+            f"| {s['stage']} | {s['calls_per_released']:.3f} | {s['expected_calls']:,} | "
+            f"{s['expected_model_seconds']:,} |"
+        )
+    return "\n".join(lines)

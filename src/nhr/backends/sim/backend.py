@@ -1,0 +1,149 @@
+"""`SimBackend`: the simulator behind all four model protocols (text, vision, generate, edit)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from nhr.backends.base import (
+    BackendError,
+    CallInfo,
+    EditRequest,
+    GenerateRequest,
+    PermanentBackendError,
+    TextRequest,
+    VisionRequest,
+)
+from nhr.backends.sim import llm, vision
+from nhr.backends.sim.config import SimBackendConfig
+from nhr.backends.sim.editor import edit_png
+from nhr.backends.sim.faults import FaultInjector
+from nhr.backends.sim.generator import generate_png
+from nhr.backends.sim.world import digest
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class SimBackend:
+    """A deterministic CPU world that answers like the real model stack (see SIMULATOR.md).
+
+    One instance can play any role; the role is decided by which method is called and, for
+    text and vision, by the prompt template in the request.
+    """
+
+    def __init__(self, config: SimBackendConfig | None = None) -> None:
+        self.config = config or SimBackendConfig()
+        self._faults = FaultInjector(self.config.faults, self.config.model)
+
+    def info(self) -> CallInfo:
+        c = self.config
+        return CallInfo(
+            backend="sim",
+            model=c.model,
+            params={
+                "scale": c.scale,
+                "score_noise": c.score_noise,
+                "yes_no_flip": c.yes_no_flip,
+                "defect_detection": c.defect_detection,
+                "editor_error_rate": round(sum(c.editor_errors.model_dump().values()), 4),
+            },
+        )
+
+    # --- protocols -------------------------------------------------------------------------
+
+    def chat(self, requests: Sequence[TextRequest]) -> list[str | BackendError]:
+        def one(request: TextRequest, key: bytes) -> str | BackendError:
+            text = "\n".join(m.content for m in request.messages)
+            return llm.answer(text, request.seed, self.config)
+
+        def key_of(request: TextRequest) -> bytes:
+            seed = request.seed if request.temperature > 0 else None
+            return digest("chat", seed, *[(m.role, m.content) for m in request.messages])
+
+        return self._run(requests, key_of, one, text_task=_chat_task)
+
+    def ask(self, requests: Sequence[VisionRequest]) -> list[str | BackendError]:
+        def one(request: VisionRequest, key: bytes) -> str | BackendError:
+            return vision.answer(request, self.config)
+
+        return self._run(requests, vision.request_key, one, text_task=_vision_task)
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[bytes | BackendError]:
+        def one(request: GenerateRequest, key: bytes) -> bytes | BackendError:
+            if request.width <= 0 or request.height <= 0:
+                return PermanentBackendError("invalid_request", "width and height must be > 0")
+            c = self.config
+            return generate_png(
+                request.prompt,
+                request.width,
+                request.height,
+                request.seed,
+                c.scale,
+                c.generator_errors,
+                c.model,
+            )
+
+        def key_of(request: GenerateRequest) -> bytes:
+            return digest("generate", request.prompt, request.width, request.height, request.seed)
+
+        return self._run(requests, key_of, one, text_task=None)
+
+    def edit(self, requests: Sequence[EditRequest]) -> list[bytes | BackendError]:
+        def one(request: EditRequest, key: bytes) -> bytes | BackendError:
+            try:
+                return edit_png(
+                    request.image,
+                    request.instruction,
+                    request.seed,
+                    self.config.editor_errors,
+                    self.config.model,
+                )
+            except ValueError as exc:
+                return PermanentBackendError("invalid_request", str(exc))
+
+        def key_of(request: EditRequest) -> bytes:
+            return digest("edit", request.image, request.instruction, request.seed)
+
+        return self._run(requests, key_of, one, text_task=None)
+
+    # --- shared per-item loop ----------------------------------------------------------------
+
+    def _run(
+        self,
+        requests: Sequence[T],
+        key_of: Callable[[T], bytes],
+        one: Callable[[T, bytes], R | BackendError],
+        text_task: Callable[[T], str] | None,
+    ) -> list[R | BackendError]:
+        results: list[R | BackendError] = []
+        latency = self.config.faults.latency_s
+        for request in requests:
+            if latency > 0:
+                time.sleep(latency)
+            key = key_of(request)
+            fault = self._faults.draw(key, text=text_task is not None)
+            if isinstance(fault, BackendError):
+                results.append(fault)
+            elif fault == "malformed" and text_task is not None:
+                results.append(self._faults.garbage(key, text_task(request)))  # type: ignore[arg-type]
+            else:
+                results.append(one(request, key))
+        return results
+
+
+def _chat_task(request: TextRequest) -> str:
+    text = "\n".join(m.content for m in request.messages)
+    if "Original description" in text and "Forward instruction" in text:
+        return "invert"
+    if "Operation:" in text:
+        return "design"
+    return "other"
+
+
+def _vision_task(request: VisionRequest) -> str:
+    task = vision.detect_task(f"{request.system or ''}\n{request.prompt}")
+    return {"score": "score", "unwanted": "yes_no", "gate": "yes_no", "aesthetic": "yes_no"}.get(
+        task, "other"
+    )

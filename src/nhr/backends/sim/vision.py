@@ -1,0 +1,145 @@
+"""The simulated vision-language judge: gate, scores, unwanted changes, aesthetics.
+
+It recognises the task from the prompt text (the templates in nhr/prompts), reads the true
+scene graphs from the images and answers from them plus calibrated noise. Like a real judge
+it sees only the images and the instruction, so a phantom removal looks perfect to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+
+from nhr.backends.base import BackendError, PermanentBackendError, VisionRequest
+from nhr.backends.sim.config import SimBackendConfig
+from nhr.backends.sim.grammar import parse_prompt
+from nhr.backends.sim.render import read_meta
+from nhr.backends.sim.truth import aesthetics, assess
+from nhr.backends.sim.world import Scene, digest, rng, scene_defects, uniform
+
+_INSTRUCTION = re.compile(r"^\s*Instruction:\s*(.+?)\s*$", re.MULTILINE)
+_PROMPT = re.compile(r"Text-to-image prompt:\s*(.+?)\s*$", re.MULTILINE)
+_YES = ("Yes", "Yes", "Yes.", "yes", "Yes")
+_NO = ("No", "No", "No.", "no", "No")
+
+
+def detect_task(text: str) -> str:
+    """Which template a vision prompt was filled from: score, unwanted, gate or aesthetic."""
+    if "InstructionAdherence" in text:
+        return "score"
+    if "unwanted changes" in text:
+        return "unwanted"
+    if "Text-to-image prompt:" in text:
+        return "gate"
+    if "aesthetically pleasing" in text:
+        return "aesthetic"
+    return "unknown"
+
+
+def request_key(request: VisionRequest) -> bytes:
+    """Content digest of a request; the seed only matters when sampling (temperature > 0)."""
+    seed = request.seed if request.temperature > 0 else None
+    return digest("vision", request.system, request.prompt, seed, *request.images)
+
+
+def _pair_normals(correlation: float, *parts: object) -> tuple[float, float]:
+    """Two standard normals with the given correlation, keyed by `parts`."""
+    r = rng(*parts)
+    first, second = r.gauss(0.0, 1.0), r.gauss(0.0, 1.0)
+    return first, correlation * first + math.sqrt(1.0 - correlation**2) * second
+
+
+def observe_scores(
+    true: tuple[float, float], config: SimBackendConfig, pair: tuple[bytes, ...], key: bytes
+) -> tuple[float, float]:
+    """Noisy readings of (adherence, aesthetics), each rounded to one decimal.
+
+    The noise has a part keyed by the image pair (the judge's stable opinion of it, shared by
+    a forward triplet and its inverse) and a part keyed by the whole request; the two scores'
+    noises are correlated (a halo effect). Where a reading would leave the 1-5 scale the
+    noise's sign is flipped instead of clipping it, so the mean absolute error stays
+    score_noise * sqrt(2/pi) (0.62 -> 0.50, 1.2 -> 0.96) whatever the mix of true scores;
+    a perfect edit therefore reads 5 minus a half-normal error.
+    """
+    share = config.item_noise_share
+    rho = config.score_correlation
+    item = _pair_normals(rho, "score-item", config.model, *pair)
+    fresh = _pair_normals(rho, "score-request", config.model, key)
+    sigmas = (config.score_noise, config.score_noise * config.aesthetic_noise_ratio)
+    readings = []
+    for value, sigma, a, b in zip(true, sigmas, item, fresh):
+        noise = sigma * (math.sqrt(share) * a + math.sqrt(1.0 - share) * b)
+        reading = value + noise
+        if not 1.0 <= reading <= 5.0:
+            reading = value - noise
+        readings.append(round(min(5.0, max(1.0, reading)), 1))
+    return readings[0], readings[1]
+
+
+def answer(request: VisionRequest, config: SimBackendConfig) -> str | BackendError:
+    text = f"{request.system or ''}\n{request.prompt}"
+    task = detect_task(text)
+    key = request_key(request)
+    if task == "unknown":
+        return "I can only judge images for image-editing data."
+    if not request.images:
+        return PermanentBackendError("invalid_request", "no image given")
+    if task in ("score", "unwanted") and len(request.images) < 2:
+        return PermanentBackendError("invalid_request", f"{task} needs the original and the edit")
+    if task == "gate":
+        match = _PROMPT.search(text)
+        return _yes_no(
+            _gate(request.images[0], match.group(1) if match else "", key, config), key, config
+        )
+    if task == "aesthetic":
+        scene = _scene(request.images[-1])
+        value = aesthetics(scene) if scene else 3.0
+        return _yes_no(value >= 4.0, key, config)
+
+    match = _INSTRUCTION.search(text)
+    instruction = match.group(1) if match else ""
+    before, after = _scene(request.images[0]), _scene(request.images[1])
+    if before is None or after is None:
+        adherence, aesthetic = 2.5, 3.5  # no truth to read: an undecided judge
+    else:
+        result = assess(before, after, instruction)
+        adherence, aesthetic = result.adherence, result.aesthetics
+    if task == "unwanted":
+        return _yes_no(adherence >= 4.5, key, config)
+    pair = tuple(sorted(hashlib.sha256(image).digest() for image in request.images[:2]))
+    observed_adh, observed_aes = observe_scores((adherence, aesthetic), config, pair, key)
+    return f'{{"InstructionAdherence": {observed_adh}, "ImageAesthetic": {observed_aes}}}'
+
+
+def _scene(png: bytes) -> Scene | None:
+    meta = read_meta(png)
+    if not meta or not meta.get("scene"):
+        return None
+    return Scene.from_dict(meta["scene"])
+
+
+def _gate(png: bytes, prompt: str, key: bytes, config: SimBackendConfig) -> bool:
+    """True (plausible and on-prompt) unless the judge notices one of the image's defects."""
+    scene = _scene(png)
+    if scene is None:
+        return False
+    defects = scene_defects(scene)
+    spec = parse_prompt(prompt)
+    if not scene.unparsed and not spec.empty:
+        shown = {o.name for o in scene.objects if o.dup_of is None and o.ghost_of is None}
+        asked = {o.name for o in spec.objects}
+        if asked != shown | {o.name for o in scene.missing} or (
+            spec.background and spec.background != scene.background
+        ):
+            defects.append("off_prompt")
+    return not any(
+        uniform("gate", config.model, key, index, defect) < config.defect_detection
+        for index, defect in enumerate(defects)
+    )
+
+
+def _yes_no(value: bool, key: bytes, config: SimBackendConfig) -> str:
+    if uniform("flip", config.model, key) < config.yes_no_flip:
+        value = not value
+    return rng("form", config.model, key).choice(_YES if value else _NO)

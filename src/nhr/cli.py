@@ -1,0 +1,151 @@
+"""The `nhr` command line: mine, status, export.
+
+Errors a user can act on (bad config, missing file, unknown backend, a run directory mined
+with another config) print one short message and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nhr", description="Mine image-editing triplets with no human in the loop."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mine = commands.add_parser("mine", help="mine a dataset (resumes an existing run directory)")
+    mine.add_argument("config", help="YAML run config, e.g. configs/quickstart.yaml")
+    mine.add_argument("--run-dir", help="where the run lives (overrides run.run_dir)")
+    mine.add_argument("--prompts", type=int, help="number of prompts to design (run.prompts)")
+    mine.add_argument("--seed", type=int, help="master seed (run.seed)")
+    mine.add_argument(
+        "--redo-from", metavar="STAGE", help="recompute this stage and every stage after it"
+    )
+    mine.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    status = commands.add_parser("status", help="where a running or finished run stands")
+    status.add_argument("run_dir")
+
+    report = commands.add_parser(
+        "report", help="survival table and curve, compute estimate and gallery in RUN/report"
+    )
+    report.add_argument("run_dir")
+    report.add_argument(
+        "--target", type=int, default=100_000, help="dataset size for the compute estimate"
+    )
+
+    export = commands.add_parser("export", help="write RUN/dataset again from the stage tables")
+    export.add_argument("run_dir")
+    return parser
+
+
+def _mine(args: argparse.Namespace) -> int:
+    import nhr
+    from nhr.config import load_config
+    from nhr.lock import RunLock
+
+    overrides = {}
+    if args.prompts is not None:
+        overrides["run.prompts"] = args.prompts
+    if args.seed is not None:
+        overrides["run.seed"] = args.seed
+    config = load_config(args.config, overrides)
+    run_dir = args.run_dir or config.run.run_dir
+    if not run_dir:
+        raise _UsageError("no run directory: pass --run-dir or set run.run_dir in the config")
+    with RunLock(Path(run_dir)):
+        result = nhr.mine(config, run_dir, redo_from=args.redo_from, progress=not args.no_progress)
+    dataset = result.stats["dataset"] or {}
+    print(f"mined {dataset.get('rows', 0)} triplets into {result.run_dir / 'dataset'}")
+    print(f"stage statistics: {result.run_dir / 'report' / 'stats.json'}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from nhr.status import render_status
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise _UsageError(f"{run_dir} is not an nhr run directory (no config.yaml)")
+    print(render_status(run_dir))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from nhr.analysis.report import build_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise _UsageError(f"{run_dir} is not an nhr run directory (no config.yaml)")
+    summary = build_report(run_dir, target=args.target)
+    state = "finished run" if summary["complete"] else "run still in progress (partial numbers)"
+    print(f"report for the {state}: {run_dir / 'report' / 'index.html'}")
+    for row in summary["survival"]:
+        change = "" if row["change"] is None else f"{row['change']:+.1%}"
+        print(f"  {row['step']:<30}{change:>9}{row['remaining']:>10,} {row['unit']}")
+    if summary["released_per_forward"] is not None:
+        print(f"  released / forward triplets: {summary['released_per_forward']:.2f}")
+    suggested = summary["survival_curve"]["suggested_threshold"]
+    if suggested is not None:
+        print(f"  suggested validator threshold (knee midpoint): {suggested:.2f}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from nhr.config import parse_config
+    from nhr.executors.local import LocalExecutor
+    from nhr.store import RunStore
+
+    store = RunStore(args.run_dir)
+    data = store.read_config()
+    if data is None:
+        raise _UsageError(f"{args.run_dir} is not an nhr run directory (no config.yaml)")
+    executor = LocalExecutor(parse_config(data), store, show_progress=False)
+    if (
+        not all(store.is_done("select", s) for s in range(executor.shard_count()))
+        or not executor.shard_count()
+    ):
+        raise _UsageError("the run has not finished selection yet; finish it with `nhr mine`")
+    store.clear_stage("export")
+    result = executor.run()
+    print(f"exported {result.stats['dataset']['rows']} triplets to {store.root / 'dataset'}")
+    return 0
+
+
+class _UsageError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handlers = {"mine": _mine, "status": _status, "report": _report, "export": _export}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("nhr: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as error:  # only the errors a user can act on are turned into messages
+        from nhr.config import ConfigError
+        from nhr.executors.local import RunConfigError
+        from nhr.lock import RunLockedError
+
+        if isinstance(error, (ConfigError, RunConfigError, RunLockedError, _UsageError)):
+            print(f"nhr: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

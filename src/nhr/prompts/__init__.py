@@ -1,0 +1,1 @@
+"""Prompt templates (text files, string.Template syntax), versioned with the package."""

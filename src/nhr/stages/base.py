@@ -1,0 +1,90 @@
+"""What a stage sees of the world: its config, the image store, its models and its counters."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nhr.config import NhrConfig
+from nhr.stats import StageStats
+from nhr.store import ImageStore
+
+
+@dataclass
+class StageContext:
+    config: NhrConfig
+    images: ImageStore
+    backends: Callable[[str], Any]  # role -> backend instance, built once per worker
+    stats: StageStats = field(default_factory=StageStats)
+    progress: Callable[[int], None] = lambda n: None
+    load_checkpoint: Callable[[str], Any] = lambda key: None
+    save_checkpoint: Callable[[str, Any], None] = lambda key, value: None
+
+    def backend(self, role: str) -> Any:
+        return self.backends(role)
+
+    def model_info(self, role: str) -> str:
+        """The exact model identity recorded into each row this role produced."""
+        info = self.backend(role).info()
+        return json.dumps(
+            {"backend": info.backend, "model": info.model, "params": info.params}, sort_keys=True
+        )
+
+
+class Stage(Protocol):
+    name: str
+    reads: tuple[str, ...]
+    global_scope: bool  # True: runs once over all shards (a barrier); False: once per shard
+    roles: tuple[str, ...]  # model roles it uses (models.<role> in the config)
+
+    def run(self, ctx: StageContext, inputs: dict[str, Any]) -> Any: ...
+
+
+def ok_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [row for row in rows if row["status"] == "ok"]
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) read from the image header; raises ValueError if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"unreadable image: {error}") from None
+
+
+def store_image(images: ImageStore, data: Any) -> tuple[str, tuple[int, int]]:
+    """Check that a model's output is a readable image, store it, return (digest, size).
+
+    Used as the `parse` step of image calls, so an unreadable image is re-asked like any
+    unusable answer and each image leaves memory as soon as it is stored.
+    """
+    from nhr.parsing import ParseError
+
+    if not isinstance(data, bytes | bytearray):
+        raise ParseError(f"expected image bytes, got {type(data).__name__}", "unreadable_image")
+    try:
+        size = image_size(bytes(data))
+    except ValueError as error:
+        raise ParseError(str(error), "unreadable_image") from None
+    return images.put(bytes(data)), size
+
+
+def load_rgb(data: bytes):
+    """Decode image bytes to an RGB uint8 array (H, W, 3)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def template(name: str) -> str:
+    from importlib.resources import files
+
+    return files("nhr.prompts").joinpath(f"{name}.txt").read_text(encoding="utf-8")

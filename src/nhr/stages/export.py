@@ -1,0 +1,199 @@
+"""Stage 12, export: the released triplets as a Hugging Face parquet dataset.
+
+    RUN/dataset/data/train-00000-of-00002.parquet   images embedded as {bytes, path}
+    RUN/dataset/README.md                            dataset card with counts
+
+The image columns carry the `datasets` feature metadata, so
+`datasets.load_dataset("parquet", data_dir="RUN/dataset/data")` returns PIL images. The
+dataset is written to a temporary folder and moved into place, so a reader never sees half
+an export. Rows are ordered by shard and then by triplet id: the same run gives the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nhr.records import OK
+from nhr.store import RunStore, atomic_write_bytes
+
+ROW_GROUP = 32
+
+_IMAGE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+
+DATASET_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string()),
+        pa.field("source_image", _IMAGE),
+        pa.field("edited_image", _IMAGE),
+        pa.field("edit_instruction", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("operation", pa.string()),
+        pa.field("kind", pa.string()),
+        pa.field("composite", pa.bool_()),
+        pa.field("style", pa.string()),
+        pa.field("img_width", pa.int64()),
+        pa.field("img_height", pa.int64()),
+        pa.field("instruction_adherence", pa.float64()),
+        pa.field("aesthetics", pa.float64()),
+        pa.field("attempts", pa.int64()),
+        pa.field("passes", pa.int64()),
+        pa.field("parents", pa.list_(pa.string())),
+        pa.field("prompt", pa.string()),
+        pa.field("source_seed", pa.int64()),
+        pa.field("editor_seed", pa.int64()),
+        pa.field("generator_model", pa.string()),
+        pa.field("editor_model", pa.string()),
+        pa.field("validator_model", pa.string()),
+    ],
+    metadata={
+        "huggingface": json.dumps(
+            {
+                "info": {
+                    "features": {
+                        "source_image": {"_type": "Image"},
+                        "edited_image": {"_type": "Image"},
+                    }
+                }
+            }
+        )
+    },
+)
+
+
+def _model_name(model_json: str | None) -> str | None:
+    if not model_json:
+        return None
+    info = json.loads(model_json)
+    return f"{info['backend']}:{info['model']}"
+
+
+def shard_rows(store: RunStore, shard: int, release: str) -> list[dict[str, Any]]:
+    """The dataset rows (without image bytes) of one shard; `release` names the stage whose
+    triplet table is the released set."""
+    prompts = {p["prompt_id"]: p for p in store.read_rows("design", shard)}
+    sources = {s["source_id"]: s for s in store.read_rows("generate", shard)}
+    candidates = {c["candidate_id"]: c for c in store.read_rows("edit", shard)}
+    validations = {v["candidate_id"]: v for v in store.read_rows("validate", shard)}
+    triplets = store.read_rows(release, shard)
+    rows = []
+    for triplet in sorted(
+        (t for t in triplets if t["status"] == OK), key=lambda t: t["triplet_id"]
+    ):
+        prompt = prompts[triplet["prompt_id"]]
+        # inverse and composite triplets carry the candidate id of the forward edit whose
+        # images they reuse (for composites: the second edit)
+        candidate = candidates.get(triplet["candidate_id"] or "", {})
+        rows.append(
+            {
+                "sample_id": triplet["triplet_id"],
+                "source_image": triplet["source_image"],
+                "edited_image": triplet["edited_image"],
+                "edit_instruction": triplet["instruction"],
+                "category": triplet["category"],
+                "operation": triplet["operation"],
+                "kind": triplet["kind"],
+                "composite": triplet["composite"],
+                "style": prompt["style"],
+                "img_width": triplet["width"],
+                "img_height": triplet["height"],
+                "instruction_adherence": triplet["adherence"],
+                "aesthetics": triplet["aesthetics"],
+                "attempts": triplet["attempts"],
+                "passes": triplet["passes"],
+                "parents": triplet["parents"],
+                "prompt": prompt["prompt"],
+                "source_seed": sources[triplet["source_id"]]["seed"],
+                "editor_seed": candidate.get("editor_seed"),
+                "generator_model": _model_name(sources[triplet["source_id"]]["model"]),
+                "editor_model": _model_name(candidate.get("model")),
+                "validator_model": _model_name(
+                    validations.get(triplet["candidate_id"] or "", {}).get("model")
+                ),
+            }
+        )
+    return rows
+
+
+def _with_image_bytes(store: RunStore, row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    for column in ("source_image", "edited_image"):
+        digest = row[column]
+        row[column] = {"bytes": store.images.get(digest), "path": f"{digest}.png"}
+    return row
+
+
+def write_dataset(
+    store: RunStore, shards: list[int], release: str, rows_per_file: int
+) -> dict[str, Any]:
+    """Write RUN/dataset atomically; returns the summary stored in the export marker."""
+    rows = [row for shard in shards for row in shard_rows(store, shard, release)]
+    target = store.root / "dataset"
+    staging = Path(tempfile.mkdtemp(dir=store.root, prefix=".dataset-"))
+    try:
+        data_dir = staging / "data"
+        data_dir.mkdir()
+        file_count = max(1, -(-len(rows) // rows_per_file))
+        for index in range(file_count):
+            chunk = rows[index * rows_per_file : (index + 1) * rows_per_file]
+            path = data_dir / f"train-{index:05d}-of-{file_count:05d}.parquet"
+            with pq.ParquetWriter(path, DATASET_SCHEMA) as writer:
+                # Row groups of a few dozen rows keep memory flat with 1 MP images.
+                for start in range(0, len(chunk), ROW_GROUP):
+                    group = [_with_image_bytes(store, r) for r in chunk[start : start + ROW_GROUP]]
+                    writer.write_table(pa.Table.from_pylist(group, schema=DATASET_SCHEMA))
+        summary = summarize(rows)
+        atomic_write_bytes(staging / "README.md", dataset_card(summary).encode("utf-8"))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return summary
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "rows": len(rows),
+        "by_kind": dict(sorted(Counter(r["kind"] for r in rows).items())),
+        "by_category": dict(sorted(Counter(r["category"] for r in rows).items())),
+        "by_style": dict(sorted(Counter(r["style"] for r in rows).items())),
+    }
+
+
+def _table(title: str, counts: dict[str, int]) -> str:
+    lines = [f"| {title} | triplets |", "|---|---:|"]
+    lines += [f"| {name} | {count:,} |" for name, count in counts.items()]
+    return "\n".join(lines)
+
+
+def dataset_card(summary: dict[str, Any]) -> str:
+    return (
+        "\n\n".join(
+            [
+                "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                "    path: data/train-*\ntags:\n- image-editing\n- synthetic\n- nhr\n---",
+                "# Image-editing triplets mined with nhr",
+                "Each row is a <source image, instruction, edited image> triplet mined without human "
+                "labels: generated sources, candidate edits, a vision-language validator and "
+                "best-of selection. Scores are the validator's, on a 1-5 scale. `parents` lists the "
+                "candidate or triplet ids a row was made from; `attempts` and `passes` count the "
+                "editor attempts for the pair and how many passed the validator.",
+                f"**{summary['rows']:,} triplets.**",
+                _table("kind", summary["by_kind"]),
+                _table("category", summary["by_category"]),
+                _table("style", summary["by_style"]),
+                "Load it with:\n\n```python\nimport datasets\nds = datasets.load_dataset("
+                '"parquet", data_dir="data")["train"]\n```',
+            ]
+        )
+        + "\n"
+    )

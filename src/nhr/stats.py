@@ -1,0 +1,64 @@
+"""Per-stage counters that every stage fills as a by-product of its work.
+
+A stage counts rows in and out, drops and failures by reason, and what it spent on models.
+Each finished shard stores its counters in its completion marker; `stats.json` is their sum.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class StageStats:
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
+    model_calls: int = 0  # items sent to a model, retries included
+    model_batches: int = 0
+    retries: int = 0
+    model_seconds: float = 0.0
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] += count
+
+    def fail(self, reason: str, count: int = 1) -> None:
+        self.failed[reason] += count
+
+    def merge(self, other: StageStats) -> None:
+        self.rows_in += other.rows_in
+        self.rows_out += other.rows_out
+        self.dropped.update(other.dropped)
+        self.failed.update(other.failed)
+        self.model_calls += other.model_calls
+        self.model_batches += other.model_batches
+        self.retries += other.retries
+        self.model_seconds += other.model_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "dropped": dict(sorted(self.dropped.items())),
+            "failed": dict(sorted(self.failed.items())),
+            "model_calls": self.model_calls,
+            "model_batches": self.model_batches,
+            "retries": self.retries,
+            "model_seconds": round(self.model_seconds, 4),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageStats:
+        return cls(
+            rows_in=int(data.get("rows_in", 0)),
+            rows_out=int(data.get("rows_out", 0)),
+            dropped=Counter(data.get("dropped", {})),
+            failed=Counter(data.get("failed", {})),
+            model_calls=int(data.get("model_calls", 0)),
+            model_batches=int(data.get("model_batches", 0)),
+            retries=int(data.get("retries", 0)),
+            model_seconds=float(data.get("model_seconds", 0.0)),
+        )

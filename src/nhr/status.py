@@ -1,0 +1,43 @@
+"""`nhr status RUN`: a table of where each stage stands, readable while a run is mining."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nhr.lock import lock_owner
+
+
+def render_status(run_dir: Path) -> str:
+    from nhr.config import parse_config
+    from nhr.executors.local import collect_stats
+    from nhr.store import RunStore
+
+    store = RunStore(run_dir)
+    stats = collect_stats(store, parse_config(store.read_config()))
+    owner = lock_owner(run_dir)
+    if stats["complete"]:
+        state = "finished"
+    elif owner is not None:
+        state = f"mining (pid {owner})"
+    else:
+        state = "stopped before the end; run `nhr mine` again to resume"
+    lines = [f"run {run_dir}: {state}", ""]
+    header = f"{'stage':<13}{'shards':>9}{'in':>9}{'out':>9}{'kept':>7}  dropped / failed"
+    lines += [header, "-" * len(header)]
+    for stage in stats["stages"]:
+        total = stage["shards_total"]
+        shards = f"{stage['shards_done']}/{total if total is not None else '?'}"
+        if stage["scope"] == "global":
+            shards = "done" if stage["shards_done"] else "-"
+        kept = f"{stage['rows_out'] / stage['rows_in']:.0%}" if stage["rows_in"] else ""
+        reasons = ", ".join(
+            [f"{k} {v}" for k, v in stage["dropped"].items()]
+            + [f"failed:{k} {v}" for k, v in stage["failed"].items()]
+        )
+        lines.append(
+            f"{stage['stage']:<13}{shards:>9}{stage['rows_in']:>9}{stage['rows_out']:>9}"
+            f"{kept:>7}  {reasons}"
+        )
+    if stats["dataset"]:
+        lines += ["", f"dataset: {stats['dataset']['rows']} triplets in {run_dir / 'dataset'}"]
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""The command line: clear messages and exit status 2 for what a user must fix."""
+
+import subprocess
+import sys
+
+import yaml
+
+
+def nhr(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "nhr.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_help_is_fast_and_lists_commands():
+    done = nhr("--help")
+    assert done.returncode == 0
+    for command in ("mine", "status", "export"):
+        assert command in done.stdout
+
+
+def test_import_nhr_is_light():
+    code = "import sys, nhr; heavy = {'pyarrow', 'numpy', 'PIL', 'torch', 'scipy', 'pydantic'} & set(sys.modules); print(sorted(heavy))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "[]"
+
+
+def check_usage_error(done, fragment):
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert fragment in done.stderr
+
+
+def test_missing_config_file(tmp_path):
+    check_usage_error(
+        nhr("mine", str(tmp_path / "nope.yaml"), "--run-dir", str(tmp_path / "r")),
+        "config file not found",
+    )
+
+
+def test_malformed_config(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("run:\n  prompts: -3\n  colour: red\n")
+    done = nhr("mine", str(path), "--run-dir", str(tmp_path / "r"))
+    check_usage_error(done, "run.prompts")
+    assert "run.colour: unknown key" in done.stderr
+
+
+def test_unparseable_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("run: {prompts: [\n")
+    check_usage_error(nhr("mine", str(path), "--run-dir", str(tmp_path / "r")), "not valid YAML")
+
+
+def test_unknown_backend(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"models": {"validator": {"backend": "skynet"}}}))
+    check_usage_error(nhr("mine", str(path), "--run-dir", str(tmp_path / "r")), "models.validator")
+
+
+def test_status_of_a_finished_run(mined):
+    run_dir, result = mined
+    done = nhr("status", str(run_dir))
+    assert done.returncode == 0
+    assert "finished" in done.stdout
+    for stage in ("design", "generate", "validate", "select", "export"):
+        assert stage in done.stdout
+    check_usage_error(nhr("status", str(run_dir / "nope")), "not an nhr run directory")
+
+
+def test_mine_and_export_commands(tmp_path, small_config):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(small_config(run={"prompts": 4})))
+    done = nhr("mine", str(path), "--run-dir", str(tmp_path / "r"), "--no-progress", "--seed", "3")
+    assert done.returncode == 0, done.stderr
+    assert "triplets into" in done.stdout
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["run"]["seed"] == 3
+    again = nhr("export", str(tmp_path / "r"))
+    assert again.returncode == 0 and "exported" in again.stdout
+    refused = nhr("mine", str(path), "--run-dir", str(tmp_path / "r"), "--seed", "4")
+    check_usage_error(refused, "run.seed: 3 -> 4")

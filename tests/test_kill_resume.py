@@ -1,0 +1,96 @@
+"""SIGKILL `nhr mine` at many points; re-running until it finishes gives the same dataset."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import nhr
+from helpers import signature
+
+HARNESS = Path(__file__).with_name("kill_harness.py")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, small_config):
+    root = tmp_path_factory.mktemp("kill")
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump(small_config()))
+    nhr.mine(str(config), root / "reference")
+    return config, signature(root / "reference")
+
+
+def finish(config, run_dir):
+    """Re-run the same command until it completes, as a user would."""
+    for _ in range(5):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nhr.cli",
+                "mine",
+                str(config),
+                "--run-dir",
+                str(run_dir),
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode == 0:
+            return
+    raise AssertionError(done.stderr)
+
+
+@pytest.mark.parametrize(
+    "pattern,occurrence",
+    [
+        ("/design/parts/", 1),  # a design batch checkpoint, half written
+        ("generate/shard-00001.parquet", 1),  # mid-way through writing a shard table
+        ("/images/", 40),  # an image, half written
+        ("edit/shard-00002.done.json", 1),  # a completion marker
+        ("select/shard-00003.parquet", 1),
+        ("export-row", 3),  # while the dataset is being written
+    ],
+)
+def test_kill_at_a_write_then_resume(setup, tmp_path, pattern, occurrence):
+    config, reference = setup
+    run_dir = tmp_path / "run"
+    killed = subprocess.run(
+        [sys.executable, str(HARNESS), str(config), str(run_dir), pattern, str(occurrence)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    finish(config, run_dir)
+    assert signature(run_dir) == reference
+
+
+def test_kill_at_random_moments_then_resume(setup, tmp_path, small_config):
+    _, reference = setup
+    # The same run, slowed down by simulated model latency (which changes no output), so the
+    # kills land while it is working.
+    slow = small_config()
+    for role in slow["models"].values():
+        role.setdefault("faults", {})["latency_s"] = 0.02
+    config = tmp_path / "slow.yaml"
+    config.write_text(yaml.safe_dump(slow))
+    run_dir = tmp_path / "run"
+    for delay in (1.2, 1.9, 2.6, 3.3):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nhr.cli", "mine", str(config), "--run-dir", str(run_dir),
+             "--no-progress"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    finish(config, run_dir)
+    assert signature(run_dir) == reference
+    assert not list(run_dir.rglob("*.tmp"))  # partial files were cleaned up on resume
