@@ -93,7 +93,7 @@ def test_faults_are_survived_and_counted(tmp_path, small_config):
         for role in ("designer", "generator", "gate", "editor", "prefilter", "validator")
     }
     config = small_config(
-        models=models, retry={"max_attempts": 2, "unparseable_attempts": 2, "backoff_s": 0}
+        models=models, retry={"max_attempts": 1, "unparseable_attempts": 2, "backoff_s": 0}
     )
     result = nhr.mine(config, tmp_path)
     stages = {s["stage"]: s for s in result.stats["stages"]}

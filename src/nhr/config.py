@@ -42,23 +42,33 @@ class BriefSection(_Section):
     styles: list[str] = Field(
         default_factory=lambda: ["photo", "flat illustration", "anime", "oil painting", "sketch"]
     )
-    operations: list[str] = Field(
+    operations: list[str] | dict[str, int] = Field(
         default_factory=lambda: ["remove_object", "add_object", "change_color"],
         min_length=1,
-        description="operation keys from nhr.taxonomy; design batches cycle through them",
+        description="operation keys from nhr.taxonomy, or a mapping key -> weight; design "
+        "batches cycle through them, an operation of weight w getting w batches per cycle",
     )
 
     @field_validator("operations")
     @classmethod
-    def _known_operations(cls, value: list[str]) -> list[str]:
-        unknown = [op for op in value if op not in taxonomy.OPERATIONS]
+    def _known_operations(cls, value: list[str] | dict[str, int]) -> list[str] | dict[str, int]:
+        keys = list(value)
+        unknown = [op for op in keys if op not in taxonomy.OPERATIONS]
         if unknown:
             raise ValueError(
                 f"unknown operation(s) {unknown}; choose from: {', '.join(taxonomy.OPERATIONS)}"
             )
-        if len(set(value)) != len(value):
-            raise ValueError("operations must not repeat")
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ValueError("operations must not repeat (use a mapping to weight them)")
+        if isinstance(value, dict) and any(w < 1 for w in value.values()):
+            raise ValueError("operation weights must be whole numbers >= 1")
         return value
+
+    def operation_cycle(self) -> list[str]:
+        """The operation of design batch j is operation_cycle()[j % len(cycle)]."""
+        if isinstance(self.operations, list):
+            return list(self.operations)
+        return [key for key, weight in self.operations.items() for _ in range(weight)]
 
 
 class ModelsSection(_Section):
@@ -148,8 +158,13 @@ class LowLevelCheck(_Section):
     min_component_share: float = Field(
         0.005, ge=0, le=1, description="largest component must hold this share of changed pixels"
     )
+    noop_threshold: int = Field(
+        12, ge=0, le=255,
+        description="per-pixel change at or below this is re-encoding noise (VAE round trip)",
+    )
     min_changed_share: float = Field(
-        0.001, ge=0, le=1, description="below this share of changed pixels the edit is a no-op"
+        0.001, ge=0, le=1,
+        description="below this share of pixels changed beyond noop_threshold, a no-op",
     )
     skip_operations: list[str] | None = Field(
         None, description="operations exempt from the component rule; default: all global ones"
@@ -192,6 +207,10 @@ class BackwardSection(_Section):
     aesthetics_threshold: float | None = Field(
         None, ge=1, le=5, description="default: validate.aesthetics_threshold"
     )
+    inverse_attempts: int = Field(
+        2, ge=1,
+        description="wordings of an inverse tried before the pair is judged inconsistent",
+    )
     batch_size: int = Field(8, ge=1)
 
 
@@ -204,6 +223,10 @@ class ComposeSection(_Section):
         4, ge=1, description="composites kept per source image (a random, seeded subset)"
     )
     revalidate: bool = Field(True, description="score composites with the validator")
+    tries_per_pair: int = Field(
+        3, ge=1,
+        description="with revalidate: combinations of accepted candidate images tried per pair",
+    )
     batch_size: int = Field(8, ge=1)
 
 
@@ -257,7 +280,7 @@ class NhrConfig(_Section):
         if self.models.designer.backend == "sim":
             from nhr.backends.sim import SUPPORTED_OPERATIONS
 
-            missing = [op for op in self.brief.operations if op not in SUPPORTED_OPERATIONS]
+            missing = [op for op in list(self.brief.operations) if op not in SUPPORTED_OPERATIONS]
             if missing:
                 raise ValueError(
                     f"brief.operations {missing} cannot be mined with the simulator; it supports: "

@@ -18,12 +18,21 @@ def test_identical_images_are_a_no_op():
     assert result.reason == "no_op" and result.changed_share == 0
 
 
-def test_small_differences_below_threshold_are_a_no_op():
+def test_re_encoding_noise_is_a_no_op_but_a_faint_edit_is_not():
     edited = blank().copy()
-    edited[:, :, 0] += 40  # exactly the threshold: not "changed" (D > 40 counts)
+    edited[:, :, 0] += 12  # within the no-op threshold everywhere: re-encoding noise
     assert low_level_check(blank(), edited, CHECK).reason == "no_op"
-    edited[:, :, 0] += 1
-    assert low_level_check(blank(), edited, CHECK).reason is None
+    edited[40:60, 40:60, 0] += 20  # a faint recolouring: above noise, below D > 40
+    result = low_level_check(blank(), edited, CHECK)
+    assert result.reason is None and result.changed_share == 0
+
+
+def test_changed_means_d_above_40():
+    edited = blank().copy()
+    edited[:50, :, 0] += 40  # exactly the threshold: not "changed" (D > 40 counts)
+    assert low_level_check(blank(), edited, CHECK).changed_share == 0
+    edited[:50, :, 0] += 1
+    assert low_level_check(blank(), edited, CHECK).changed_share == 0.5
 
 
 def test_one_coherent_region_passes():

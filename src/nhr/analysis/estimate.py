@@ -8,24 +8,45 @@ the target.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from nhr.config import NhrConfig
 
-def compute_estimate(stats: dict[str, Any], prompts: int, target: int) -> dict[str, Any] | None:
+
+def design_batches(config: NhrConfig, prompts: int) -> int:
+    from nhr.stages.design import effective_batch_size
+
+    run = config.run.model_copy(update={"prompts": prompts})
+    return math.ceil(prompts / effective_batch_size(config.model_copy(update={"run": run})))
+
+
+def compute_estimate(stats: dict[str, Any], config: NhrConfig, target: int) -> dict[str, Any] | None:
+    """Expected calls and model-seconds per stage for `target` released triplets.
+
+    Every stage scales with the released count, except design, whose calls depend on the
+    number of prompts per call (B): it is estimated as the batches the needed prompts take,
+    times the measured calls per batch (retries included).
+    """
     released = (stats.get("dataset") or {}).get("rows") or 0
     if not released:
         return None
     scale = target / released
+    prompts = config.run.prompts
+    prompts_needed = round(prompts * scale)
     stages = []
     for stage in stats["stages"]:
         if not stage["model_calls"]:
             continue
+        factor = scale
+        if stage["stage"] == "design":
+            factor = design_batches(config, prompts_needed) / design_batches(config, prompts)
         stages.append(
             {
                 "stage": stage["stage"],
                 "calls_per_released": stage["model_calls"] / released,
-                "expected_calls": round(stage["model_calls"] * scale),
-                "expected_model_seconds": round(stage["model_seconds"] * scale, 1),
+                "expected_calls": round(stage["model_calls"] * factor),
+                "expected_model_seconds": round(stage["model_seconds"] * factor, 1),
             }
         )
     total_calls = sum(s["model_calls"] for s in stats["stages"])
@@ -33,7 +54,7 @@ def compute_estimate(stats: dict[str, Any], prompts: int, target: int) -> dict[s
     return {
         "target_released": target,
         "measured_released": released,
-        "prompts_needed": round(prompts * scale),
+        "prompts_needed": prompts_needed,
         "calls_per_released": total_calls / released,
         "editor_calls_per_released": (edit["model_calls"] / released) if edit else None,
         "stages": stages,

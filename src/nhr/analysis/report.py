@@ -68,7 +68,7 @@ def build_report(run_dir: str | Path, target: int = 100_000) -> dict[str, Any]:
         "configured_thresholds": [config.validate_.adherence_threshold,
                                   config.validate_.aesthetics_threshold],
     }
-    estimate = compute_estimate(stats, config.run.prompts, target)
+    estimate = compute_estimate(stats, config, target)
     categories = category_yield(store, release_stage(config))
     summary = {
         "complete": stats["complete"],

@@ -7,8 +7,8 @@ between the two knees of that cliff.
 How the knees are found (documented in docs/thresholds.md as well):
   1. Evaluate S on a grid of thresholds with step `step` (default 0.1, the validator's
      resolution), and the relative change of each step r(T) = S(T) / S(T - step) - 1.
-  2. Ignore steps whose starting point holds too few items to say anything
-     (S(T - step) * pool < `min_items`): the tail where S is nearly 0 always "falls" by 100 %.
+  2. Ignore steps that end with too few items to say anything (S(T) * pool < `min_items`):
+     the tail where S is nearly 0 (perfect scores only) always "falls" steeply.
   3. The first knee is the step with the steepest relative fall (at least `min_fall`, or the
      curve has no cliff and no suggestion is made); the second is the steepest relative fall
      at least `min_gap` away from the first.
@@ -53,7 +53,7 @@ def find_knees(
     survival: np.ndarray,
     pool: int,
     *,
-    min_items: int = 5,
+    min_items: int = 10,
     min_gap: float = 0.2,
     min_fall: float = 0.05,
 ) -> Knees | None:
@@ -63,7 +63,7 @@ def find_knees(
     candidates = []
     for i in range(1, len(thresholds)):
         before = survival[i - 1]
-        if before * pool < min_items or before <= 0:
+        if survival[i] * pool < min_items or before <= 0:
             continue
         candidates.append((survival[i] / before - 1.0, thresholds[i]))
     if len(candidates) < 2:

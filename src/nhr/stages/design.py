@@ -1,7 +1,9 @@
 """Stage 1, design: an LLM writes batches of {prompt, edits} items for the brief.
 
-Batch j asks for operation j mod len(operations), with its own seed, so every batch is
-reproducible and the prompt list is the same prefix whatever the batch count. Each batch's
+Batch j asks for the operation at j in the brief's operation cycle, with its own seed, so
+every batch is reproducible and the prompt list is the same prefix whatever the batch count.
+A batch holds at most B items, fewer when the run is too small for every operation of the
+cycle to get a batch of B. Each batch's
 parsed answer is checkpointed, so a killed run never pays twice for a design call. Items are
 checked one by one: a bad item is dropped with a reason; an answer with no JSON array is
 re-asked and finally recorded as a failed batch.
@@ -21,15 +23,26 @@ from nhr.parsing import ParseError, extract_json
 from nhr.stages.base import StageContext, template
 
 
+def batch_operation(config, batch_index: int) -> str:
+    cycle = config.brief.operation_cycle()
+    return cycle[batch_index % len(cycle)]
+
+
+def effective_batch_size(config) -> int:
+    """B, or less when prompts / B batches would leave operations of the cycle undesigned."""
+    cycle = len(config.brief.operation_cycle())
+    return max(1, min(config.design.batch_size, math.ceil(config.run.prompts / cycle)))
+
+
 def design_request(ctx: StageContext, batch_index: int) -> TextRequest:
     config = ctx.config
-    operation = taxonomy.get(config.brief.operations[batch_index % len(config.brief.operations)])
+    operation = taxonomy.get(batch_operation(config, batch_index))
     text = Template(template("design")).substitute(
         topic=config.brief.topic,
         styles=", ".join(config.brief.styles),
         operation=operation.key,
         guidance=operation.guidance,
-        batch_size=config.design.batch_size,
+        batch_size=effective_batch_size(config),
     )
     return TextRequest(
         messages=(ChatMessage("user", text),),
@@ -90,7 +103,7 @@ class DesignStage:
     def run(self, ctx: StageContext, inputs: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
         config = ctx.config
         wanted = config.run.prompts
-        batch_size = config.design.batch_size
+        batch_size = effective_batch_size(config)
         max_batches = config.design.max_batches or 3 * math.ceil(wanted / batch_size) + 2
         model = ctx.model_info("designer")
         prompts: list[dict[str, Any]] = []
@@ -146,7 +159,7 @@ class DesignStage:
 
     def _add_items(self, ctx, batch_index, items, prompts, seen_prompts, model) -> None:
         config = ctx.config
-        operation = config.brief.operations[batch_index % len(config.brief.operations)]
+        operation = batch_operation(config, batch_index)
         for item in items:
             ctx.stats.rows_in += 1
             cleaned = clean_item(item)

@@ -49,6 +49,33 @@ def clean_inverse(text: str, max_words: int) -> str:
     return instruction
 
 
+def inverse_request(
+    ctx: StageContext, prompt: str, instruction: str, triplet_id: str, attempt: int
+) -> TextRequest:
+    """The inversion request; attempt 0 is greedy, later attempts sample a new wording."""
+    text = Template(template("invert")).substitute(prompt=prompt, instruction=instruction)
+    return TextRequest(
+        messages=(ChatMessage("user", text),),
+        temperature=0.0 if attempt == 0 else 0.7,
+        max_tokens=128,
+        seed=derive_seed(ctx.config.run.seed, "invert", triplet_id, attempt),
+    )
+
+
+def ask_inverses(ctx: StageContext, requests: list[TextRequest]) -> list[Any]:
+    """Inverse instructions (or Failures) for the requests, cleaned and checked."""
+    max_words = ctx.config.invert.max_words
+    return call_model(
+        ctx.backend("inverter").chat,
+        requests,
+        batch_size=ctx.config.invert.batch_size,
+        retry=ctx.config.retry,
+        stats=ctx.stats,
+        parse=lambda answer: clean_inverse(answer, max_words),
+        on_done=ctx.progress,
+    )
+
+
 class InvertStage:
     name = "invert"
     global_scope = False
@@ -63,31 +90,11 @@ class InvertStage:
         triplets = inputs[self.previous]
         forwards = [t for t in triplets if t["kind"] == "forward" and t["status"] == OK]
         ctx.stats.rows_in = len(forwards)
-        text = Template(template("invert"))
         requests = [
-            TextRequest(
-                messages=(
-                    ChatMessage(
-                        "user",
-                        text.substitute(prompt=prompts[f["prompt_id"]], instruction=f["instruction"]),
-                    ),
-                ),
-                temperature=0.0,
-                max_tokens=128,
-                seed=derive_seed(ctx.config.run.seed, "invert", f["triplet_id"]),
-            )
+            inverse_request(ctx, prompts[f["prompt_id"]], f["instruction"], f["triplet_id"], 0)
             for f in forwards
         ]
-        max_words = ctx.config.invert.max_words
-        answers = call_model(
-            ctx.backend("inverter").chat,
-            requests,
-            batch_size=ctx.config.invert.batch_size,
-            retry=ctx.config.retry,
-            stats=ctx.stats,
-            parse=lambda answer: clean_inverse(answer, max_words),
-            on_done=ctx.progress,
-        )
+        answers = ask_inverses(ctx, requests)
         inverses = []
         for forward, answer in zip(forwards, answers):
             operation = taxonomy.inverse_of(forward["operation"])

@@ -40,8 +40,11 @@ def low_level_check(
 ) -> LowLevelResult:
     """NHR-METHOD §3 on two RGB uint8 arrays of the same shape.
 
-    changed = max over channels of |edited - source| > threshold; the largest 4-connected
-    component of `changed` must hold at least `min_component_share` of the changed pixels.
+    D = max over channels of |edited - source|. No-op: fewer than `min_changed_share` of the
+    pixels change by more than `noop_threshold` (a generous bound on re-encoding noise, so a
+    faint but real edit, say a recolouring in a night scene, is not mistaken for a no-op).
+    Component rule: changed = D > `diff_threshold`; the largest 4-connected component of
+    `changed` must hold at least `min_component_share` of the changed pixels.
     """
     from scipy import ndimage
 
@@ -51,12 +54,12 @@ def low_level_check(
     changed = diff > check.diff_threshold
     changed_count = int(changed.sum())
     changed_share = changed_count / changed.size
-    if changed_share < check.min_changed_share:
-        largest = 1.0 if changed_count else 0.0
-        return LowLevelResult(changed_share, largest, "no_op")
+    if float((diff > check.noop_threshold).mean()) < check.min_changed_share:
+        return LowLevelResult(changed_share, 1.0 if changed_count else 0.0, "no_op")
+    if not changed_count:  # a faint edit: nothing strong enough to judge its shape
+        return LowLevelResult(0.0, 0.0, None)
     labels, count = ndimage.label(changed)  # default structure = 4-connectivity in 2-D
-    largest = int(np.bincount(labels.ravel())[1:].max()) if count else 0
-    largest_share = largest / changed_count
+    largest_share = int(np.bincount(labels.ravel())[1:].max()) / changed_count
     if component_rule and largest_share < check.min_component_share:
         return LowLevelResult(changed_share, largest_share, "scattered_changes")
     return LowLevelResult(changed_share, largest_share, None)

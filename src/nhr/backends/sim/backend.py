@@ -62,13 +62,19 @@ class SimBackend:
             seed = request.seed if request.temperature > 0 else None
             return digest("chat", seed, *[(m.role, m.content) for m in request.messages])
 
-        return self._run(requests, key_of, one, text_task=_chat_task)
+        def garbage(request: TextRequest, key: bytes) -> str:
+            return self._faults.garbage(key, _chat_task(request))
+
+        return self._run(requests, key_of, one, garbage)
 
     def ask(self, requests: Sequence[VisionRequest]) -> list[str | BackendError]:
         def one(request: VisionRequest, key: bytes) -> str | BackendError:
             return vision.answer(request, self.config)
 
-        return self._run(requests, vision.request_key, one, text_task=_vision_task)
+        def garbage(request: VisionRequest, key: bytes) -> str:
+            return self._faults.garbage(key, _vision_task(request))
+
+        return self._run(requests, vision.request_key, one, garbage)
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[bytes | BackendError]:
         def one(request: GenerateRequest, key: bytes) -> bytes | BackendError:
@@ -88,7 +94,7 @@ class SimBackend:
         def key_of(request: GenerateRequest) -> bytes:
             return digest("generate", request.prompt, request.width, request.height, request.seed)
 
-        return self._run(requests, key_of, one, text_task=None)
+        return self._run(requests, key_of, one)
 
     def edit(self, requests: Sequence[EditRequest]) -> list[bytes | BackendError]:
         def one(request: EditRequest, key: bytes) -> bytes | BackendError:
@@ -106,7 +112,7 @@ class SimBackend:
         def key_of(request: EditRequest) -> bytes:
             return digest("edit", request.image, request.instruction, request.seed)
 
-        return self._run(requests, key_of, one, text_task=None)
+        return self._run(requests, key_of, one)
 
     # --- shared per-item loop ----------------------------------------------------------------
 
@@ -115,19 +121,24 @@ class SimBackend:
         requests: Sequence[T],
         key_of: Callable[[T], bytes],
         one: Callable[[T, bytes], R | BackendError],
-        text_task: Callable[[T], str] | None,
+        garbage: Callable[[T, bytes], R] | None = None,
     ) -> list[R | BackendError]:
+        """Answer requests one by one, in order, with faults drawn per item.
+
+        `garbage` gives a malformed answer for text tasks; without it (images) the
+        "malformed" fault does not apply.
+        """
         results: list[R | BackendError] = []
         latency = self.config.faults.latency_s
         for request in requests:
             if latency > 0:
                 time.sleep(latency)
             key = key_of(request)
-            fault = self._faults.draw(key, text=text_task is not None)
+            fault = self._faults.draw(key, text=garbage is not None)
             if isinstance(fault, BackendError):
                 results.append(fault)
-            elif fault == "malformed" and text_task is not None:
-                results.append(self._faults.garbage(key, text_task(request)))  # type: ignore[arg-type]
+            elif fault == "malformed" and garbage is not None:
+                results.append(garbage(request, key))
             else:
                 results.append(one(request, key))
         return results

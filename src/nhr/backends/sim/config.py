@@ -99,12 +99,15 @@ class SimBackendConfig(_Strict):
         "validator, 1.2 -> 0.96 like Qwen2.5-VL-72B)",
     )
     item_noise_share: float = Field(
-        0.99,
+        1.0,
         ge=0,
         le=1,
         description="share of the score-noise variance that is a stable property of the image "
         "pair (the judge's own opinion of it), shared by the forward and the inverse triplet; "
-        "the rest is drawn per request",
+        "the rest is drawn per request. At 1.0 an inverse is judged as leniently or harshly as "
+        "its forward, so the backward filter drops inverses for what they get wrong, not for "
+        "re-rolled noise at the threshold (a share of 0.99 already makes ~10 % of correct "
+        "forwards fail there, because selection leaves many readings exactly at 4.7)",
     )
     score_correlation: float = Field(
         0.7, ge=0, le=1, description="correlation of the adherence and aesthetics noise (halo)"

@@ -19,16 +19,12 @@ from nhr.backends.sim.config import SimEditorErrors
 from nhr.backends.sim.grammar import Clause, parse_instruction, resolve
 from nhr.backends.sim.render import decode_pixels, encode_png, open_png, read_meta, render
 from nhr.backends.sim.world import (
-    BACKGROUNDS,
+    ATTR_VALUES,
     COLORS,
     MATERIALS,
     OBJECT_NAMES,
-    SEASONS,
     SIZES,
     SLOTS,
-    STYLES,
-    TIMES,
-    WEATHERS,
     Obj,
     Scene,
     digest,
@@ -46,13 +42,6 @@ OUTCOMES: tuple[str, ...] = (
     "color_drift",
     "partial",
 )
-_POOLS: dict[str, tuple[str, ...]] = {
-    "time": TIMES,
-    "season": SEASONS,
-    "weather": WEATHERS,
-    "style": STYLES,
-    "background": tuple(BACKGROUNDS),
-}
 _GARISH: tuple[tuple[int, int, int], ...] = (
     (255, 0, 200),
     (0, 255, 120),
@@ -193,7 +182,7 @@ def _apply(
         old = {attr: getattr(scene, attr) for attr, _ in clause.changes}
         for attr, value in clause.changes:
             if mode == "wrong":
-                value = _other(_POOLS[attr], rnd, value, old[attr])
+                value = _other(ATTR_VALUES[attr], rnd, value, old[attr])
             setattr(scene, attr, value)
         if mode == "partial":
             scene.blend = {"attrs": old, "weight": 0.5}
@@ -305,5 +294,5 @@ def _extra_change(
         return {"extra": "recolor", "id": obj.id}
     asked = {attr for clause in clauses for attr, _ in clause.changes}
     attr = next(a for a in ("season", "weather", "time", "style") if a not in asked)
-    setattr(scene, attr, _other(_POOLS[attr], rnd, getattr(scene, attr)))
+    setattr(scene, attr, _other(ATTR_VALUES[attr], rnd, getattr(scene, attr)))
     return {"extra": attr}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from nhr.backends.sim.world import BACKGROUNDS, COLORS, MATERIALS, MAX_OBJECTS, OBJECT_NAMES
@@ -303,24 +303,29 @@ def _object_clause(family: str | None, verb: str, words: list[str]) -> Clause | 
     pre = words[:first]
     end = marks[1] if len(marks) > 1 else len(words)
     post = words[first + 1 : end]
-    ref_attrs = {
-        "name": name,
-        "color": _last(pre, _COLOR_WORDS),
-        "material": _last(pre, _MATERIAL_WORDS),
-        "size": _last(pre, _SIZE_WORDS),
-    }
+    # Attributes before the name describe the object; words after it give its place and,
+    # for most operations, the new value ("the red bicycle on the left" ... "green").
+    base = Ref(
+        name=name,
+        color=_last(pre, _COLOR_WORDS),
+        material=_last(pre, _MATERIAL_WORDS),
+        size=_last(pre, _SIZE_WORDS),
+    )
+
+    def at(place: list[str]) -> Ref:
+        return replace(base, slot=slot_from_words(place))
 
     if family == "remove":
-        return Clause("remove_object", Ref(**ref_attrs, slot=slot_from_words(post)))
+        return Clause("remove_object", at(post))
     if family == "add":
-        return Clause("add_object", Ref(**ref_attrs, slot=slot_from_words(post)))
+        return Clause("add_object", at(post))
 
     connector = next((i for i, w in enumerate(post) if w in _CONNECTORS), None)
     if len(marks) > 1 and family in ("replace", "generic", None) and connector is not None:
         new_words = post[connector + 1 :]
         return Clause(
             "replace_object",
-            Ref(**ref_attrs, slot=slot_from_words(post[:connector])),
+            at(post[:connector]),
             value=_OBJECT_WORDS[words[marks[1]]],
             new_color=_last(new_words, _COLOR_WORDS),
         )
@@ -332,9 +337,9 @@ def _object_clause(family: str | None, verb: str, words: list[str]) -> Clause | 
         if dest is None:
             return None
         cut = max(i for i, w in enumerate(post) if w in _DESTINATION)
-        return Clause("move_object", Ref(**ref_attrs, slot=slot_from_words(post[:cut])), value=dest)
+        return Clause("move_object", at(post[:cut]), value=dest)
 
-    ref = Ref(**ref_attrs, slot=slot_from_words(post))
+    ref = at(post)
     color = _last(post, _COLOR_WORDS)
     material = _last(post, _MATERIAL_WORDS)
     size = _last(post, _SIZE_WORDS) or _last(post, _RELATIVE_SIZE)

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from nhr.backends.sim.config import SimBackendConfig
 from nhr.backends.sim.grammar import (
+    ATTR_OPERATION,
     Clause,
     PromptSpec,
     Ref,
@@ -32,6 +33,7 @@ from nhr.backends.sim.grammar import (
     slot_to,
 )
 from nhr.backends.sim.world import (
+    ATTR_VALUES,
     BACKGROUNDS,
     COLORS,
     DEFAULT_BACKGROUND,
@@ -390,7 +392,7 @@ def _design_item(
 
 def _design_edits(operation: str, spec: PromptSpec, rnd: random.Random) -> list[tuple[str, bool]]:
     objects = list(spec.objects)
-    k = rnd.randint(1, 3)
+    k = rnd.randint(2, 4)  # several edits per prompt, as a real designer writes
     if operation == "remove_object":
         edits = [(rnd.choice(_REMOVE).format(_the(o, rnd)), False) for o in objects]
         if len(objects) >= 2:
@@ -440,15 +442,9 @@ def _design_edits(operation: str, spec: PromptSpec, rnd: random.Random) -> list[
 
 
 def _new_values(operation: str, spec: PromptSpec, k: int, rnd: random.Random) -> list[str]:
-    attr, pool = {
-        "time_of_day": ("time", TIMES),
-        "change_season": ("season", SEASONS),
-        "change_weather": ("weather", WEATHERS),
-        "style_transfer": ("style", STYLES),
-        "change_background": ("background", tuple(BACKGROUNDS)),
-    }[operation]
+    attr = next(a for a, op in ATTR_OPERATION.items() if op == operation)
     current = _attr(spec, attr)
-    options = [v for v in pool if v != current]
+    options = [v for v in ATTR_VALUES[attr] if v != current]
     return rnd.sample(options, min(k, len(options)))
 
 
@@ -586,27 +582,11 @@ def _inverse(clause: Clause, spec: PromptSpec, rnd: random.Random, wrong: bool) 
         for attr, value in clause.changes:
             original = _attr(spec, attr)
             if wrong:
-                pool = {
-                    "time": TIMES,
-                    "season": SEASONS,
-                    "weather": WEATHERS,
-                    "style": STYLES,
-                    "background": tuple(BACKGROUNDS),
-                }[attr]
-                original = _other(pool, original, value, rnd=rnd)
-            op = {
-                "time": "time_of_day",
-                "season": "change_season",
-                "weather": "change_weather",
-                "style": "style_transfer",
-                "background": "change_background",
-            }[attr]
-            parts.append(_global_edit(op, original, rnd, inverse=True))
+                original = _other(ATTR_VALUES[attr], original, value, rnd=rnd)
+            parts.append(_global_edit(ATTR_OPERATION[attr], original, rnd, inverse=True))
         return "text", " and ".join([parts[0]] + [p[0].lower() + p[1:] for p in parts[1:]])
     assert ref is not None
     orig = resolve(ref, objects) or ref
-    if not isinstance(orig, Ref):
-        orig = ref
     if orig.slot is None and ref.slot is not None:
         orig = replace(orig, slot=ref.slot)
     if clause.op == "remove_object":

@@ -179,7 +179,9 @@ def _hash01(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
 def _smooth_noise(seed: int, width: int, height: int, cells: int) -> np.ndarray:
     """Low-frequency noise in [-1, 1], bilinearly upsampled from a small random grid."""
     grid = np.random.default_rng(seed & 0xFFFFFFFF).uniform(-1, 1, (cells, cells))
-    image = Image.fromarray(grid.astype(np.float32)).resize((width, height), Image.BILINEAR)
+    image = Image.fromarray(grid.astype(np.float32)).resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
     return np.asarray(image, dtype=np.float32)
 
 
@@ -355,137 +357,87 @@ def _decor(
     ground: np.ndarray,
     seed: int,
 ) -> tuple[int, int, int, int] | None:
-    """Kind-specific furniture of the background; returns the window box for indoor kinds."""
+    """Kind-specific furniture of the background; returns the window box for indoor kinds.
+
+    Coordinates are fractions of the image; outdoors, y fractions are offsets from the horizon.
+    """
     bg = attrs["background"]
-    vegc = tuple(int(v) for v in veg)
-    dark_ground = tuple(int(v * 0.7) for v in ground)
+    hz = horizon / h
+
+    def rect(x0: float, y0: float, x1: float, y1: float, fill: Any) -> None:
+        draw.rectangle([int(w * x0), int(h * y0), int(w * x1), int(h * y1)], fill=tuple(fill))
+
+    def oval(x0: float, y0: float, x1: float, y1: float, fill: Any) -> None:
+        draw.ellipse([int(w * x0), int(h * y0), int(w * x1), int(h * y1)], fill=tuple(fill))
+
+    vegc = [int(v) for v in veg]
     if indoor:
         if bg == "kitchen":
-            draw.rectangle([0, int(h * 0.5), w, horizon], fill=(200, 200, 206))
-            draw.rectangle([0, int(h * 0.06), int(w * 0.3), int(h * 0.3)], fill=(180, 150, 110))
+            rect(0, 0.5, 1, hz, (200, 200, 206))
+            rect(0, 0.06, 0.3, 0.3, (180, 150, 110))
         elif bg == "office":
-            draw.rectangle(
-                [int(w * 0.04), int(h * 0.48), int(w * 0.42), int(h * 0.56)], fill=(120, 96, 72)
-            )
-            draw.rectangle(
-                [int(w * 0.7), int(h * 0.1), int(w * 0.96), int(h * 0.34)], fill=(230, 232, 236)
-            )
+            rect(0.04, 0.48, 0.42, 0.56, (120, 96, 72))
+            rect(0.7, 0.1, 0.96, 0.34, (230, 232, 236))
         elif bg == "bedroom":
-            draw.rectangle(
-                [int(w * 0.56), int(h * 0.42), int(w * 0.98), int(h * 0.66)], fill=(236, 236, 244)
-            )
-            draw.rectangle(
-                [int(w * 0.56), int(h * 0.3), int(w * 0.6), int(h * 0.66)], fill=(120, 84, 60)
-            )
-        else:  # library: shelves of coloured spines on both sides
+            rect(0.56, 0.42, 0.98, 0.66, (236, 236, 244))
+            rect(0.56, 0.3, 0.6, 0.66, (120, 84, 60))
+        else:  # library: shelves of coloured spines on both walls
+            palette = list(COLORS.values())
             for row in range(4):
-                y0 = int(h * (0.06 + row * 0.13))
                 for col in range(12):
-                    side = 0 if col < 6 else int(w * 0.72)
-                    x0 = side + int(w * 0.045 * (col % 6))
-                    color = tuple(COLORS[list(COLORS)[(col * 5 + row * 3) % len(COLORS)]])
-                    draw.rectangle(
-                        [x0, y0, x0 + max(1, int(w * 0.035)), y0 + int(h * 0.1)], fill=color
-                    )
+                    x0 = (0 if col < 6 else 0.72) + 0.045 * (col % 6)
+                    y0 = 0.06 + row * 0.13
+                    rect(x0, y0, x0 + 0.035, y0 + 0.1, palette[(col * 5 + row * 3) % len(palette)])
         box = (int(w * 0.36), int(h * 0.06), int(w * 0.64), int(h * 0.34))
         draw.rectangle([box[0] - 2, box[1] - 2, box[2] + 1, box[3] + 1], fill=(90, 80, 70))
         return box
-    shrub = tuple(int(v * 0.85) for v in veg)
+
+    # Every outdoor kind has shrubs along the horizon, so the season always shows.
     for i in range(7):
-        cx = int(w * (i * 0.15 + 0.04 + 0.02 * ((seed >> i) % 3)))
-        r = max(2, int(w * 0.045))
-        draw.ellipse([cx - r, horizon - r, cx + r, horizon + r // 2], fill=shrub)
+        x = i * 0.15 + 0.04 + 0.02 * ((seed >> i) % 3)
+        oval(x - 0.045, hz - 0.045, x + 0.045, hz + 0.022, [int(v * 0.85) for v in veg])
     if bg == "street":
         for i in range(6):
-            x0 = int(w * i / 6)
-            top = horizon - int(h * (0.12 + 0.06 * ((seed >> i) % 3)))
-            draw.rectangle(
-                [x0, top, x0 + int(w / 6) - 1, horizon], fill=(150 + 12 * (i % 3), 120, 110)
-            )
-        draw.rectangle([0, int(h * 0.68), w, int(h * 0.86)], fill=(80, 80, 86))
+            top = hz - 0.12 - 0.06 * ((seed >> i) % 3)
+            rect(i / 6, top, (i + 1) / 6 - 0.005, hz, (150 + 12 * (i % 3), 120, 110))
+        rect(0, 0.68, 1, 0.86, (80, 80, 86))
         for i in range(0, 10, 2):
-            draw.rectangle(
-                [int(w * i / 10), int(h * 0.765), int(w * (i + 1) / 10), int(h * 0.775)],
-                fill=(230, 220, 120),
-            )
+            rect(i / 10, 0.765, (i + 1) / 10, 0.775, (230, 220, 120))
     elif bg in ("beach", "harbor"):
-        draw.rectangle([0, horizon, w, horizon + int(h * 0.12)], fill=(56, 124, 184))
-        if bg == "harbor":
-            for i in range(0, 12):
-                draw.rectangle(
-                    [
-                        0,
-                        horizon + int(h * (0.14 + 0.035 * i)),
-                        w,
-                        horizon + int(h * (0.14 + 0.035 * i)) + 1,
-                    ],
-                    fill=dark_ground,
-                )
+        rect(0, hz, 1, hz + 0.12, (56, 124, 184))
+        if bg == "harbor":  # planks of the quay
+            for i in range(12):
+                y = hz + 0.14 + 0.035 * i
+                rect(0, y, 1, y + 0.006, [int(v * 0.7) for v in ground])
     elif bg == "forest":
         for i in range(9):
-            cx = int(w * (i + 0.5) / 9)
-            draw.rectangle(
-                [
-                    cx - max(1, w // 90),
-                    horizon - int(h * 0.05),
-                    cx + max(1, w // 90),
-                    horizon + int(h * 0.02),
-                ],
-                fill=(90, 60, 40),
-            )
+            x = (i + 0.5) / 9
+            rect(x - 0.012, hz - 0.05, x + 0.012, hz + 0.02, (90, 60, 40))
             draw.polygon(
                 [
-                    (cx - w // 14, horizon - int(h * 0.04)),
-                    (cx + w // 14, horizon - int(h * 0.04)),
-                    (cx, horizon - int(h * 0.3)),
+                    (w * (x - 0.07), h * (hz - 0.04)),
+                    (w * (x + 0.07), h * (hz - 0.04)),
+                    (w * x, h * (hz - 0.3)),
                 ],
-                fill=vegc,
+                fill=tuple(vegc),
             )
     elif bg == "park":
-        draw.ellipse([int(w * 0.3), int(h * 0.6), int(w * 1.2), int(h * 1.3)], fill=(196, 180, 150))
-        for cx in (0.12, 0.9):
-            draw.rectangle(
-                [
-                    int(w * cx) - max(1, w // 80),
-                    horizon - int(h * 0.1),
-                    int(w * cx) + max(1, w // 80),
-                    horizon + int(h * 0.03),
-                ],
-                fill=(90, 60, 40),
-            )
-            draw.ellipse(
-                [
-                    int(w * (cx - 0.08)),
-                    horizon - int(h * 0.24),
-                    int(w * (cx + 0.08)),
-                    horizon - int(h * 0.06),
-                ],
-                fill=vegc,
-            )
+        oval(0.3, 0.6, 1.2, 1.3, (196, 180, 150))  # a path
+        for x in (0.12, 0.9):
+            rect(x - 0.012, hz - 0.1, x + 0.012, hz + 0.03, (90, 60, 40))
+            oval(x - 0.08, hz - 0.24, x + 0.08, hz - 0.06, vegc)
     elif bg == "garden":
-        draw.rectangle(
-            [0, horizon - int(h * 0.08), w, horizon], fill=tuple(int(v * 0.75) for v in veg)
-        )
+        rect(0, hz - 0.08, 1, hz, [int(v * 0.75) for v in veg])  # a hedge
         if attrs["season"] != "winter":
             for i in range(24):
-                x = int(w * ((i * 37 + seed) % 100) / 100)
-                y = horizon + int(h * (0.05 + ((i * 53 + seed) % 45) / 100))
-                r = max(1, w // 120)
-                draw.ellipse([x - r, y - r, x + r, y + r], fill=(230, 80 + (i * 40) % 150, 120))
+                x = ((i * 37 + seed) % 100) / 100
+                y = hz + 0.05 + ((i * 53 + seed) % 45) / 100
+                oval(x - 0.008, y - 0.008, x + 0.008, y + 0.008, (230, 80 + (i * 40) % 150, 120))
     elif bg == "desert":
-        draw.ellipse(
-            [int(-w * 0.2), horizon - int(h * 0.06), int(w * 0.6), horizon + int(h * 0.2)],
-            fill=tuple(int(v * 0.92) for v in ground),
-        )
-        draw.ellipse(
-            [int(w * 0.4), horizon - int(h * 0.04), int(w * 1.3), horizon + int(h * 0.2)],
-            fill=tuple(int(v * 0.96) for v in ground),
-        )
+        oval(-0.2, hz - 0.06, 0.6, hz + 0.2, [int(v * 0.92) for v in ground])
+        oval(0.4, hz - 0.04, 1.3, hz + 0.2, [int(v * 0.96) for v in ground])
     elif bg == "meadow":
-        draw.ellipse(
-            [int(-w * 0.3), horizon - int(h * 0.1), int(w * 0.7), horizon + int(h * 0.25)],
-            fill=tuple(int(v * 0.85) for v in veg),
-        )
+        oval(-0.3, hz - 0.1, 0.7, hz + 0.25, [int(v * 0.85) for v in veg])
     return None
 
 
@@ -512,12 +464,14 @@ def _draw_object(
             _paste(canvas, (x0, y0, x1, y1), masks["body"], fill, body_alpha)
         if "dark" in masks:
             _paste(canvas, (x0, y0, x1, y1), masks["dark"], _DARK, fade)
-        if style in _OUTLINED:
-            union = np.zeros((h, w), bool)
-            for mask in masks.values():
-                union |= mask
-            edge = _edge(union, max(1, min(width, height) // 160))
-            _paste(canvas, (x0, y0, x1, y1), edge, _DARK, fade)
+        # Every object gets a contour: a full one in outlined styles, a soft one elsewhere (the
+        # shading a real render has), so even a pale object on a pale ground is visible to the
+        # pixel-level check when it is removed.
+        union = np.zeros((h, w), bool)
+        for mask in masks.values():
+            union |= mask
+        edge = _edge(union, max(1, min(width, height) // 160))
+        _paste(canvas, (x0, y0, x1, y1), edge, _DARK, fade if style in _OUTLINED else 0.6 * fade)
     if obj.garbled:
         _garble(canvas, (x0, y0, x1, y1), seed + 31 * obj.id)
 
@@ -605,9 +559,9 @@ def _stylise(image: np.ndarray, style: str) -> np.ndarray:
     if style == "pixel-art":
         block = max(2, round(min(width, height) / 32))
         small = Image.fromarray(image.clip(0, 255).astype(np.uint8)).resize(
-            (max(1, width // block), max(1, height // block)), Image.BOX
+            (max(1, width // block), max(1, height // block)), Image.Resampling.BOX
         )
-        return np.asarray(small.resize((width, height), Image.NEAREST), dtype=np.float32)
+        return np.asarray(small.resize((width, height), Image.Resampling.NEAREST), dtype=np.float32)
     return image
 
 

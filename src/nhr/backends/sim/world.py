@@ -104,6 +104,13 @@ OBJECT_NAMES: tuple[str, ...] = (
 )
 
 GLOBAL_ATTRS: tuple[str, ...] = ("background", "time", "season", "weather", "style")
+ATTR_VALUES: dict[str, tuple[str, ...]] = {
+    "background": tuple(BACKGROUNDS),
+    "time": TIMES,
+    "season": SEASONS,
+    "weather": WEATHERS,
+    "style": STYLES,
+}
 
 # Defaults the generator uses when the prompt does not say; the inversion LLM assumes the same.
 DEFAULT_TIME = "day"
