@@ -58,7 +58,9 @@ def main() -> None:
     for role in ROLES:
         slow["models"][role].setdefault("faults", {})["latency_s"] = 0.05
 
-    print(f"{'setting':<34}{'candidates':>11}{'wall s':>9}{'framework ms/cand':>19}{'in backends':>13}")
+    print(
+        f"{'setting':<34}{'candidates':>11}{'wall s':>9}{'framework ms/cand':>19}{'in backends':>13}"
+    )
     for name, config in (
         ("quickstart scale (1/8 of 1 MP)", small),
         ("full ~1 MP images", full),

@@ -41,7 +41,9 @@ def main() -> None:
         labels[candidate_id] = label_candidate(
             images.get(c["source_image"]), images.get(c["edited_image"]), c["instruction"]
         )
-    prefiltered = {r["candidate_id"] for r in stage_rows(run_dir, "prefilter") if r["status"] == "ok"}
+    prefiltered = {
+        r["candidate_id"] for r in stage_rows(run_dir, "prefilter") if r["status"] == "ok"
+    }
     validated = {r["candidate_id"] for r in stage_rows(run_dir, "validate") if r["status"] == "ok"}
     released = [t for t in stage_rows(run_dir, "select") if t["status"] == "ok"]
     steps = [
@@ -56,7 +58,9 @@ def main() -> None:
         correct = sum(labels[i].correct for i in ids)
         share = correct / len(ids) if ids else float("nan")
         print(f"{name:<22}{len(ids):>11}{share:>10.1%}")
-    leaks = Counter(labels[t["candidate_id"]].error for t in released if not labels[t["candidate_id"]].correct)
+    leaks = Counter(
+        labels[t["candidate_id"]].error for t in released if not labels[t["candidate_id"]].correct
+    )
     print("\nerror kinds among released forward triplets:")
     for kind, count in leaks.most_common():
         print(f"  {kind:<16}{count:>5}  ({count / len(released):.1%} of released)")

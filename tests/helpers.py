@@ -16,6 +16,11 @@ def dataset_rows(run_dir):
 def signature(run_dir):
     """What must be identical between two runs: ids, image bytes and instructions, in order."""
     return [
-        (r["sample_id"], r["source_image"]["bytes"], r["edited_image"]["bytes"], r["edit_instruction"])
+        (
+            r["sample_id"],
+            r["source_image"]["bytes"],
+            r["edited_image"]["bytes"],
+            r["edit_instruction"],
+        )
         for r in dataset_rows(run_dir)
     ]

@@ -8,10 +8,10 @@ import re
 
 import pytest
 import yaml
-from conftest import QUICKSTART
-from helpers import dataset_rows, table_rows
 
 import nhr
+from conftest import QUICKSTART
+from helpers import dataset_rows, table_rows
 from nhr.analysis.estimate import compute_estimate
 from nhr.analysis.report import build_report
 from nhr.backends.sim import SUPPORTED_OPERATIONS
@@ -44,8 +44,11 @@ def test_every_surviving_forward_has_its_inverse_and_composites_exist(quickstart
     forward_ids = {r["sample_id"] for r in rows if r["kind"] == "forward"}
     inverse_parents = {r["parents"][0] for r in rows if r["kind"] == "inverse"}
     # an inverse may be missing only where the inverter failed on it, and then it is recorded
-    failed = {r["parents"][0] for r in table_rows(run_dir, "invert")
-              if r["kind"] == "inverse" and r["status"] == "failed"}
+    failed = {
+        r["parents"][0]
+        for r in table_rows(run_dir, "invert")
+        if r["kind"] == "inverse" and r["status"] == "failed"
+    }
     assert forward_ids - failed <= inverse_parents
     assert inverse_parents <= forward_ids
     assert sum(r["kind"] == "composite" for r in rows) > 0
@@ -109,8 +112,9 @@ def test_backward_filter_catches_phantom_removals_and_spares_correct_edits(tmp_p
     for row in table_rows(run_dir, "backward"):
         if row["kind"] != "forward" or row["edited_image"] is None:
             continue  # pairs where no candidate passed the validator
-        truth = label_candidate(images.get(row["source_image"]), images.get(row["edited_image"]),
-                                row["instruction"])
+        truth = label_candidate(
+            images.get(row["source_image"]), images.get(row["edited_image"]), row["instruction"]
+        )
         kind = "correct" if truth.correct else truth.error
         if kind in verdicts:
             verdicts[kind].append(row["status"] == "dropped")

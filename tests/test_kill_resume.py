@@ -84,9 +84,18 @@ def test_kill_at_random_moments_then_resume(setup, tmp_path, small_config):
     run_dir = tmp_path / "run"
     for delay in (1.2, 1.9, 2.6, 3.3):
         process = subprocess.Popen(
-            [sys.executable, "-m", "nhr.cli", "mine", str(config), "--run-dir", str(run_dir),
-             "--no-progress"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "nhr.cli",
+                "mine",
+                str(config),
+                "--run-dir",
+                str(run_dir),
+                "--no-progress",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)

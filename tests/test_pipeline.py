@@ -46,7 +46,10 @@ def test_rows_chain_through_the_stages(mined):
     for row in rows:
         assert row["kind"] in ("forward", "inverse", "composite")
         assert row["instruction_adherence"] >= 4.7 and row["aesthetics"] >= 4.7
-        assert row["generator_model"] == "sim:sim-t2i" and row["validator_model"] == "sim:sim-validator"
+        assert (
+            row["generator_model"] == "sim:sim-t2i"
+            and row["validator_model"] == "sim:sim-validator"
+        )
         assert row["source_image"]["bytes"] != row["edited_image"]["bytes"]
         if row["kind"] == "forward":
             assert 1 <= row["passes"] <= row["attempts"] <= 2

@@ -20,8 +20,17 @@ def report(mined):
 def test_report_files_and_survival_table(report):
     run_dir, summary = report
     out = run_dir / "report"
-    for name in ("stats.json", "survival.json", "survival.md", "survival_curve.json",
-                 "survival_curve.png", "estimate.json", "categories.json", "report.md", "index.html"):
+    for name in (
+        "stats.json",
+        "survival.json",
+        "survival.md",
+        "survival_curve.json",
+        "survival_curve.png",
+        "estimate.json",
+        "categories.json",
+        "report.md",
+        "index.html",
+    ):
         assert (out / name).exists(), name
     steps = [row["step"] for row in summary["survival"]]
     assert steps[:3] == ["generate", "plausibility gate", "edit attempts"]
@@ -97,19 +106,37 @@ def test_gallery_opens_in_headless_chromium(hostile_run):
         pytest.skip("chromium is not installed (.ci/run installs it)")
     page = hostile_run / "report" / "index.html"
     done = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={hostile_run / 'chrome-profile'}", "--enable-logging=stderr", "--v=0",
-         "--virtual-time-budget=2000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={hostile_run / 'chrome-profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=2000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     dom = done.stdout
     assert "<h1>nhr run report</h1>" in dom
     assert '&lt;script&gt;document.title="pwned"&lt;/script&gt;' in dom  # shown as text
     assert "<title>nhr report</title>" in dom  # the injected script never ran
-    console_errors = [line for line in done.stderr.splitlines()
-                      if "Uncaught" in line or ("CONSOLE" in line and "ERROR" in line)]
+    console_errors = [
+        line
+        for line in done.stderr.splitlines()
+        if "Uncaught" in line or ("CONSOLE" in line and "ERROR" in line)
+    ]
     assert not console_errors
     images = dom.count("<img ")
     assert images >= 2

@@ -36,7 +36,9 @@ def test_knee_midpoint_on_a_reference_shaped_curve():
 
 
 def test_survival_curve_counts_both_scores():
-    s = survival_curve(np.array([5.0, 4.7, 3.0]), np.array([4.8, 5.0, 5.0]), np.array([1.0, 4.7, 4.8, 5.0]))
+    s = survival_curve(
+        np.array([5.0, 4.7, 3.0]), np.array([4.8, 5.0, 5.0]), np.array([1.0, 4.7, 4.8, 5.0])
+    )
     assert list(s) == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
 
 

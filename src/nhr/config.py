@@ -159,11 +159,15 @@ class LowLevelCheck(_Section):
         0.005, ge=0, le=1, description="largest component must hold this share of changed pixels"
     )
     noop_threshold: int = Field(
-        12, ge=0, le=255,
+        12,
+        ge=0,
+        le=255,
         description="per-pixel change at or below this is re-encoding noise (VAE round trip)",
     )
     min_changed_share: float = Field(
-        0.001, ge=0, le=1,
+        0.001,
+        ge=0,
+        le=1,
         description="below this share of pixels changed beyond noop_threshold, a no-op",
     )
     skip_operations: list[str] | None = Field(
@@ -208,7 +212,8 @@ class BackwardSection(_Section):
         None, ge=1, le=5, description="default: validate.aesthetics_threshold"
     )
     inverse_attempts: int = Field(
-        2, ge=1,
+        2,
+        ge=1,
         description="wordings of an inverse tried before the pair is judged inconsistent",
     )
     batch_size: int = Field(8, ge=1)
@@ -224,7 +229,8 @@ class ComposeSection(_Section):
     )
     revalidate: bool = Field(True, description="score composites with the validator")
     tries_per_pair: int = Field(
-        3, ge=1,
+        3,
+        ge=1,
         description="with revalidate: combinations of accepted candidate images tried per pair",
     )
     batch_size: int = Field(8, ge=1)

@@ -26,8 +26,18 @@ EXPORT = "export"
 _AUGMENT = {"invert": InvertStage, "backward": BackwardStage, "compose": ComposeStage}
 # Every stage name a run directory may hold, in the default order.
 ALL_STAGE_NAMES: tuple[str, ...] = (
-    "design", "generate", "plausibility", "schedule", "edit", "prefilter", "validate",
-    "select", "invert", "backward", "compose", EXPORT,
+    "design",
+    "generate",
+    "plausibility",
+    "schedule",
+    "edit",
+    "prefilter",
+    "validate",
+    "select",
+    "invert",
+    "backward",
+    "compose",
+    EXPORT,
 )
 
 
@@ -35,8 +45,14 @@ def build_stages(config: NhrConfig) -> list[Stage]:
     """The stages of a run, in order. Augmentation stages follow `augment.order`; each reads
     the triplet set of the stage before it, so disabled ones simply drop out of the chain."""
     stages: list[Stage] = [
-        DesignStage(), GenerateStage(), PlausibilityStage(), ScheduleStage(), EditStage(),
-        PrefilterStage(), ValidateStage(), SelectStage(),
+        DesignStage(),
+        GenerateStage(),
+        PlausibilityStage(),
+        ScheduleStage(),
+        EditStage(),
+        PrefilterStage(),
+        ValidateStage(),
+        SelectStage(),
     ]
     enabled = {
         "invert": config.invert.enabled,

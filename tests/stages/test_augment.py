@@ -42,5 +42,6 @@ def test_background_is_not_the_banned_word_back():
 
 def test_join_instructions():
     assert join_instructions("Add a red ball on the left.", "Make it night") == (
-        "Add a red ball on the left and make it night")
+        "Add a red ball on the left and make it night"
+    )
     assert join_instructions("Remove the lamp", "TV off") == "Remove the lamp and TV off"

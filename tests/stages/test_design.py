@@ -2,12 +2,21 @@ from nhr.stages.design import clean_item, guess_style, parse_design_answer
 
 
 def test_items_accept_strings_and_objects_and_drop_duplicates():
-    item = {"prompt": "  A red   ball ", "edits": ["Remove the ball", {"instruction": "remove the ball"},
-                                                  {"instruction": "Remove all", "composite": True}, 7]}
+    item = {
+        "prompt": "  A red   ball ",
+        "edits": [
+            "Remove the ball",
+            {"instruction": "remove the ball"},
+            {"instruction": "Remove all", "composite": True},
+            7,
+        ],
+    }
     prompt, edits = clean_item(item)
     assert prompt == "A red ball"
-    assert edits == [{"instruction": "Remove the ball", "composite": False},
-                     {"instruction": "Remove all", "composite": True}]
+    assert edits == [
+        {"instruction": "Remove the ball", "composite": False},
+        {"instruction": "Remove all", "composite": True},
+    ]
 
 
 def test_unusable_items_give_a_reason():
@@ -19,7 +28,8 @@ def test_unusable_items_give_a_reason():
 
 def test_answer_must_hold_a_non_empty_array():
     assert parse_design_answer('Here:\n```json\n[{"prompt": "p", "edits": ["e"]}]\n```') == [
-        {"prompt": "p", "edits": ["e"]}]
+        {"prompt": "p", "edits": ["e"]}
+    ]
     for bad in ("[]", "no json here", '{"prompt": "p"}'):
         try:
             parse_design_answer(bad)

@@ -5,9 +5,19 @@ from nhr.stats import StageStats
 
 
 def candidate(cid, source="s1", edit="e1"):
-    return {"candidate_id": cid, "source_id": source, "edit_id": edit, "prompt_id": "p",
-            "source_image": "src", "edited_image": f"img-{cid}", "instruction": "Remove the cat",
-            "operation": "remove_object", "composite": False, "width": 8, "height": 8}
+    return {
+        "candidate_id": cid,
+        "source_id": source,
+        "edit_id": edit,
+        "prompt_id": "p",
+        "source_image": "src",
+        "edited_image": f"img-{cid}",
+        "instruction": "Remove the cat",
+        "operation": "remove_object",
+        "composite": False,
+        "width": 8,
+        "height": 8,
+    }
 
 
 def score(cid, adherence, aesthetics, status="ok"):

@@ -21,7 +21,9 @@ def design_batches(config: NhrConfig, prompts: int) -> int:
     return math.ceil(prompts / effective_batch_size(config.model_copy(update={"run": run})))
 
 
-def compute_estimate(stats: dict[str, Any], config: NhrConfig, target: int) -> dict[str, Any] | None:
+def compute_estimate(
+    stats: dict[str, Any], config: NhrConfig, target: int
+) -> dict[str, Any] | None:
     """Expected calls and model-seconds per stage for `target` released triplets.
 
     Every stage scales with the released count, except design, whose calls depend on the

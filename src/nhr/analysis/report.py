@@ -29,7 +29,9 @@ def finished_rows(store: RunStore, stage: str) -> list[dict[str, Any]]:
     """Rows of the shards whose completion marker exists (global stages: all shards)."""
     if store.is_done(stage):
         marker = store.read_marker(stage) or {}
-        shards = range(int(marker.get("shards", 0))) if "shards" in marker else store.done_shards(stage)
+        shards = (
+            range(int(marker.get("shards", 0))) if "shards" in marker else store.done_shards(stage)
+        )
         design = store.read_marker("design") or {}
         shards = range(int(design.get("shards", 0))) if stage != "design" else shards
     else:
@@ -65,8 +67,10 @@ def build_report(run_dir: str | Path, target: int = 100_000) -> dict[str, Any]:
         "knees": None if knees is None else [knees.first, knees.second],
         "knee_changes": None if knees is None else [knees.first_change, knees.second_change],
         "suggested_threshold": None if knees is None else knees.suggested,
-        "configured_thresholds": [config.validate_.adherence_threshold,
-                                  config.validate_.aesthetics_threshold],
+        "configured_thresholds": [
+            config.validate_.adherence_threshold,
+            config.validate_.aesthetics_threshold,
+        ],
     }
     estimate = compute_estimate(stats, config, target)
     categories = category_yield(store, release_stage(config))
@@ -114,13 +118,17 @@ def category_yield(store: RunStore, release: str) -> list[dict[str, Any]]:
             per[row["operation"]]["released"] += 1
     rows = []
     for operation, counts in sorted(per.items()):
-        label = taxonomy.OPERATIONS[operation].label if operation in taxonomy.OPERATIONS else operation
+        label = (
+            taxonomy.OPERATIONS[operation].label if operation in taxonomy.OPERATIONS else operation
+        )
         rows.append(
             {
                 "operation": operation,
                 "category": label,
                 **{k: counts[k] for k in ("attempts", "validated", "pairs", "forward", "released")},
-                "pass_rate": counts["validated"] / counts["attempts"] if counts["attempts"] else None,
+                "pass_rate": counts["validated"] / counts["attempts"]
+                if counts["attempts"]
+                else None,
                 "pair_success": counts["forward"] / counts["pairs"] if counts["pairs"] else None,
             }
         )
@@ -140,8 +148,12 @@ def plot_curve(thresholds, curve, knees, path: Path) -> bool:
     if knees is not None:
         for knee in (knees.first, knees.second):
             axis.axvline(knee, color="#999", linestyle=":", linewidth=1)
-        axis.axvline(knees.suggested, color="#c0392b", linewidth=1.2,
-                     label=f"suggested T = {knees.suggested:.2f}")
+        axis.axvline(
+            knees.suggested,
+            color="#c0392b",
+            linewidth=1.2,
+            label=f"suggested T = {knees.suggested:.2f}",
+        )
         axis.legend(loc="lower left")
     axis.set_xlabel("threshold T (both scores >= T)")
     axis.set_ylabel("share of validated pool")
@@ -160,8 +172,12 @@ def report_markdown(summary: dict[str, Any], plot: bool) -> str:
     lines = [
         "# nhr run report",
         "",
-        "Run state: " + ("finished." if summary["complete"] else
-                         "**still mining** — numbers cover the shards finished so far."),
+        "Run state: "
+        + (
+            "finished."
+            if summary["complete"]
+            else "**still mining** — numbers cover the shards finished so far."
+        ),
         "",
         "## Survival",
         "",
@@ -169,25 +185,37 @@ def report_markdown(summary: dict[str, Any], plot: bool) -> str:
         "",
     ]
     if summary["released_per_forward"] is not None:
-        lines += [f"Released / forward triplets: **{summary['released_per_forward']:.2f}** "
-                  "(reference run: 2.21).", ""]
+        lines += [
+            f"Released / forward triplets: **{summary['released_per_forward']:.2f}** "
+            "(reference run: 2.21).",
+            "",
+        ]
     lines += ["## Survival curve", ""]
     if curve["suggested_threshold"] is not None:
-        lines += [f"Knees at T = {curve['knees'][0]:.2f} and {curve['knees'][1]:.2f}; suggested "
-                  f"threshold (their midpoint): **{curve['suggested_threshold']:.2f}** "
-                  f"(configured: {curve['configured_thresholds'][0]}).", ""]
+        lines += [
+            f"Knees at T = {curve['knees'][0]:.2f} and {curve['knees'][1]:.2f}; suggested "
+            f"threshold (their midpoint): **{curve['suggested_threshold']:.2f}** "
+            f"(configured: {curve['configured_thresholds'][0]}).",
+            "",
+        ]
     else:
         lines += ["No clear cliff in S(T) yet: too few validated candidates or a flat curve.", ""]
     if plot:
         lines += ["![S(T)](survival_curve.png)", ""]
     if summary["estimate"]:
         lines += ["## Compute estimate", "", estimate_markdown(summary["estimate"]), ""]
-    lines += ["## Per category", "", "| category | attempts | pass rate | pairs | forward | released |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "## Per category",
+        "",
+        "| category | attempts | pass rate | pairs | forward | released |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for c in summary["categories"]:
         rate = "" if c["pass_rate"] is None else f"{c['pass_rate']:.1%}"
-        lines.append(f"| {c['category']} | {c['attempts']} | {rate} | {c['pairs']} | "
-                     f"{c['forward']} | {c['released']} |")
+        lines.append(
+            f"| {c['category']} | {c['attempts']} | {rate} | {c['pairs']} | "
+            f"{c['forward']} | {c['released']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -217,7 +245,7 @@ def _card(store: RunStore, out: Path, source: str, edited: str, caption: str, de
         '<figure class="card"><div class="pair">'
         f'<img src="{e(_thumbnail(store, source, out))}" alt="source">'
         f'<img src="{e(_thumbnail(store, edited, out))}" alt="edited"></div>'
-        f"<figcaption><p class=\"instr\">{e(caption)}</p><p class=\"meta\">{e(detail)}</p>"
+        f'<figcaption><p class="instr">{e(caption)}</p><p class="meta">{e(detail)}</p>'
         "</figcaption></figure>"
     )
 
@@ -226,7 +254,9 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{value:+.1%}"
 
 
-def write_gallery(store: RunStore, release: str, summary: dict[str, Any], out: Path, plot: bool) -> None:
+def write_gallery(
+    store: RunStore, release: str, summary: dict[str, Any], out: Path, plot: bool
+) -> None:
     e = html.escape
     released = [r for r in finished_rows(store, release) if r["status"] == OK]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -235,24 +265,42 @@ def write_gallery(store: RunStore, release: str, summary: dict[str, Any], out: P
     sections = []
     for (kind, category), rows in sorted(groups.items()):
         cards = [
-            _card(store, out, r["source_image"], r["edited_image"], r["instruction"],
-                  f"adherence {r['adherence']}, aesthetics {r['aesthetics']}")
+            _card(
+                store,
+                out,
+                r["source_image"],
+                r["edited_image"],
+                r["instruction"],
+                f"adherence {r['adherence']}, aesthetics {r['aesthetics']}",
+            )
             for r in _sample(rows, "triplet_id", GALLERY_PER_GROUP, "gallery")
         ]
-        sections.append(f"<h3>{e(kind)} · {e(category)} <small>({len(rows)})</small></h3>"
-                        f'<div class="grid">{"".join(cards)}</div>')
+        sections.append(
+            f"<h3>{e(kind)} · {e(category)} <small>({len(rows)})</small></h3>"
+            f'<div class="grid">{"".join(cards)}</div>'
+        )
     candidates = {c["candidate_id"]: c for c in finished_rows(store, "edit")}
     rejected = [
-        {**candidates[r["candidate_id"]], "why": r["reason"],
-         "scores": f"adherence {r.get('adherence')}, aesthetics {r.get('aesthetics')}"}
+        {
+            **candidates[r["candidate_id"]],
+            "why": r["reason"],
+            "scores": f"adherence {r.get('adherence')}, aesthetics {r.get('aesthetics')}",
+        }
         for stage in ("prefilter", "validate")
         for r in finished_rows(store, stage)
-        if r["status"] != OK and r["candidate_id"] in candidates
+        if r["status"] != OK
+        and r["candidate_id"] in candidates
         and candidates[r["candidate_id"]]["edited_image"]
     ]
     rejected_cards = [
-        _card(store, out, r["source_image"], r["edited_image"], r["instruction"],
-              f"rejected: {r['why']} — {r['scores']}")
+        _card(
+            store,
+            out,
+            r["source_image"],
+            r["edited_image"],
+            r["instruction"],
+            f"rejected: {r['why']} — {r['scores']}",
+        )
         for r in _sample(rejected, "candidate_id", REJECTED_SAMPLE, "rejected")
     ]
     state = "finished" if summary["complete"] else "still mining: partial results"
@@ -273,13 +321,13 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 .instr {{ font-weight: 600; margin: .3rem 0; }} .meta {{ color: #666; margin: 0; font-size: .85rem; }}
 </style></head><body>
 <h1>nhr run report</h1>
-<p>Run state: <strong>{e(state)}</strong>. Released: {summary['released'] or 0}.
-Released / forward: {'' if ratio is None else f"{ratio:.2f}"}.</p>
+<p>Run state: <strong>{e(state)}</strong>. Released: {summary["released"] or 0}.
+Released / forward: {"" if ratio is None else f"{ratio:.2f}"}.</p>
 <h2>Survival</h2>
 <table><tr><th>stage</th><th>change</th><th>remaining</th><th>reference</th></tr>{rows_html}</table>
-{'<h2>Survival curve</h2><img src="survival_curve.png" alt="survival curve">' if plot else ''}
-<h2>Released triplets</h2>{''.join(sections) or '<p>none yet</p>'}
-<h2>Rejected candidates</h2><div class="grid">{''.join(rejected_cards) or '<p>none</p>'}</div>
+{'<h2>Survival curve</h2><img src="survival_curve.png" alt="survival curve">' if plot else ""}
+<h2>Released triplets</h2>{"".join(sections) or "<p>none yet</p>"}
+<h2>Rejected candidates</h2><div class="grid">{"".join(rejected_cards) or "<p>none</p>"}</div>
 </body></html>
 """
     atomic_write_bytes(out / "index.html", page.encode("utf-8"))

@@ -51,33 +51,86 @@ def survival_table(stats: dict[str, Any], threshold: float | None = None) -> lis
         return rows
     rows.append(_row("generate", generate["rows_out"], "sources", None))
     if gate:
-        rows.append(_row("plausibility gate", gate["rows_out"], "sources", _change(gate["rows_out"], gate["rows_in"])))
+        rows.append(
+            _row(
+                "plausibility gate",
+                gate["rows_out"],
+                "sources",
+                _change(gate["rows_out"], gate["rows_in"]),
+            )
+        )
     if edit:
         rows.append(_row("edit attempts", edit["rows_out"], "candidates", None))
     if prefilter and edit:
         low_level = sum(prefilter["dropped"].get(r, 0) for r in LOW_LEVEL_REASONS)
         after_low = prefilter["rows_in"] - low_level
-        rows.append(_row("low-level check", after_low, "candidates", _change(after_low, prefilter["rows_in"])))
-        rows.append(_row("pre-filter (VLM)", prefilter["rows_out"], "candidates", _change(prefilter["rows_out"], after_low)))
+        rows.append(
+            _row(
+                "low-level check", after_low, "candidates", _change(after_low, prefilter["rows_in"])
+            )
+        )
+        rows.append(
+            _row(
+                "pre-filter (VLM)",
+                prefilter["rows_out"],
+                "candidates",
+                _change(prefilter["rows_out"], after_low),
+            )
+        )
     if validate:
         label = "validator" if threshold is None else "validator"
-        rows.append(_row(label, validate["rows_out"], "candidates", _change(validate["rows_out"], validate["rows_in"])))
+        rows.append(
+            _row(
+                label,
+                validate["rows_out"],
+                "candidates",
+                _change(validate["rows_out"], validate["rows_in"]),
+            )
+        )
     if select and validate:
-        rows.append(_row("best-of selection", select["rows_out"], "triplets", _change(select["rows_out"], validate["rows_out"])))
+        rows.append(
+            _row(
+                "best-of selection",
+                select["rows_out"],
+                "triplets",
+                _change(select["rows_out"], validate["rows_out"]),
+            )
+        )
     remaining = select["rows_out"] if select else 0
     for stage in stats["stages"]:
         name = stage["stage"]
         if name == "invert":
             added = stage["rows_out"]
-            rows.append(_row("inversion", remaining + added, "triplets", _change(remaining + added, remaining)))
+            rows.append(
+                _row(
+                    "inversion",
+                    remaining + added,
+                    "triplets",
+                    _change(remaining + added, remaining),
+                )
+            )
             remaining += added
         elif name == "compose":
             added = stage["rows_out"]
-            rows.append(_row("composition", remaining + added, "triplets", _change(remaining + added, remaining)))
+            rows.append(
+                _row(
+                    "composition",
+                    remaining + added,
+                    "triplets",
+                    _change(remaining + added, remaining),
+                )
+            )
             remaining += added
         elif name == "backward":
             removed = sum(stage["dropped"].values())
-            rows.append(_row("backward-consistency filter", remaining - removed, "triplets", _change(remaining - removed, remaining)))
+            rows.append(
+                _row(
+                    "backward-consistency filter",
+                    remaining - removed,
+                    "triplets",
+                    _change(remaining - removed, remaining),
+                )
+            )
             remaining -= removed
     if stats.get("dataset"):
         rows.append(_row("released", stats["dataset"]["rows"], "triplets", None))

@@ -77,7 +77,9 @@ def find_knees(
         return None
     second_change, second = rest[0]
     low, high = sorted((first, second))
-    low_change, high_change = (first_change, second_change) if first < second else (second_change, first_change)
+    low_change, high_change = (
+        (first_change, second_change) if first < second else (second_change, first_change)
+    )
     step = float(thresholds[1] - thresholds[0])
     suggested = round(round(((low + high) / 2) / step) * step, 4)
     return Knees(low, high, low_change, high_change, suggested)

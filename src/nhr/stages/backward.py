@@ -40,8 +40,12 @@ class BackwardStage:
     def thresholds(self, ctx: StageContext) -> tuple[float, float]:
         own, validator = ctx.config.backward, ctx.config.validate_
         return (
-            own.adherence_threshold if own.adherence_threshold is not None else validator.adherence_threshold,
-            own.aesthetics_threshold if own.aesthetics_threshold is not None else validator.aesthetics_threshold,
+            own.adherence_threshold
+            if own.adherence_threshold is not None
+            else validator.adherence_threshold,
+            own.aesthetics_threshold
+            if own.aesthetics_threshold is not None
+            else validator.aesthetics_threshold,
         )
 
     def run(self, ctx: StageContext, inputs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -96,8 +100,11 @@ class BackwardStage:
                 inverse.update(status=FAILED, reason=result.reason)
                 continue
             adherence, aesthetics = result
-            inverse.update(adherence=adherence, aesthetics=aesthetics,
-                           score=geometric_mean(adherence, aesthetics))
+            inverse.update(
+                adherence=adherence,
+                aesthetics=aesthetics,
+                score=geometric_mean(adherence, aesthetics),
+            )
             if adherence < min_adherence or aesthetics < min_aesthetics:
                 below.append(inverse)
         return below
@@ -108,9 +115,15 @@ class BackwardStage:
         requests = []
         for inverse in inverses:
             forward = forwards[inverse["parents"][0]]
-            requests.append(inverse_request(
-                ctx, prompts[forward["prompt_id"]], forward["instruction"], forward["triplet_id"], attempt
-            ))
+            requests.append(
+                inverse_request(
+                    ctx,
+                    prompts[forward["prompt_id"]],
+                    forward["instruction"],
+                    forward["triplet_id"],
+                    attempt,
+                )
+            )
         reworded = []
         for inverse, text in zip(inverses, ask_inverses(ctx, requests)):
             if not isinstance(text, Failure) and text != inverse["instruction"]:

@@ -90,8 +90,11 @@ class ComposeStage:
                 and (settings.both_directions or a["triplet_id"] < b["triplet_id"])
             ]
             if settings.max_per_source is not None:
-                made.sort(key=lambda p: unit_interval(
-                    ctx.config.run.seed, "compose", p[0]["triplet_id"], p[1]["triplet_id"]))
+                made.sort(
+                    key=lambda p: unit_interval(
+                        ctx.config.run.seed, "compose", p[0]["triplet_id"], p[1]["triplet_id"]
+                    )
+                )
                 made = made[: settings.max_per_source]
             pairs.extend(sorted(made, key=lambda p: (p[0]["triplet_id"], p[1]["triplet_id"])))
         ctx.stats.rows_in = len(pairs)
@@ -102,13 +105,22 @@ class ComposeStage:
             if settings.revalidate:
                 images_a = [img for _, _, img in accepted.get((a["source_id"], a["edit_id"]), [])]
                 images_b = [img for _, _, img in accepted.get((b["source_id"], b["edit_id"]), [])]
-                combos = [(x, y) for x in images_a or [a["edited_image"]]
-                          for y in images_b or [b["edited_image"]]]
-                combos.sort(key=lambda xy: (images_a.index(xy[0]) + images_b.index(xy[1])
-                                            if xy[0] in images_a and xy[1] in images_b else 0))
+                combos = [
+                    (x, y)
+                    for x in images_a or [a["edited_image"]]
+                    for y in images_b or [b["edited_image"]]
+                ]
+                combos.sort(
+                    key=lambda xy: (
+                        images_a.index(xy[0]) + images_b.index(xy[1])
+                        if xy[0] in images_a and xy[1] in images_b
+                        else 0
+                    )
+                )
                 options = combos[: settings.tries_per_pair]
-            tries.append([self._composite(a, b, inverse_of[a["triplet_id"]], x, y)
-                          for x, y in options])
+            tries.append(
+                [self._composite(a, b, inverse_of[a["triplet_id"]], x, y) for x, y in options]
+            )
         if not settings.revalidate:
             composites = [options[0] for options in tries]
             ctx.stats.rows_out = len(composites)
@@ -120,7 +132,9 @@ class ComposeStage:
         first_operation = taxonomy.inverse_of(a["operation"])
         return {
             **b,
-            "triplet_id": stable_id("composite", a["triplet_id"], b["triplet_id"], image_a, image_b),
+            "triplet_id": stable_id(
+                "composite", a["triplet_id"], b["triplet_id"], image_a, image_b
+            ),
             "kind": "composite",
             "source_image": image_a,
             "edited_image": image_b,
@@ -138,7 +152,9 @@ class ComposeStage:
             "reason": None,
         }
 
-    def _revalidate(self, ctx: StageContext, tries: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    def _revalidate(
+        self, ctx: StageContext, tries: list[list[dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
         """Score each pair's options round by round; a pair stops at its first pass."""
         scored: list[dict[str, Any]] = []
         pending = list(range(len(tries)))
@@ -166,8 +182,11 @@ class ComposeStage:
                         still_pending.append(owner)
                     continue
                 adherence, aesthetics = result
-                composite.update(adherence=adherence, aesthetics=aesthetics,
-                                 score=geometric_mean(adherence, aesthetics))
+                composite.update(
+                    adherence=adherence,
+                    aesthetics=aesthetics,
+                    score=geometric_mean(adherence, aesthetics),
+                )
                 if passes(ctx, adherence, aesthetics):
                     ctx.stats.rows_out += 1
                 else:
