@@ -42,10 +42,14 @@ def call_model(
     retry: RetrySection,
     stats: StageStats,
     parse: Callable[[Any], Any] | None = None,
+    reask: Callable[[Any, int], Any] | None = None,
     on_done: Callable[[int], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Any]:
+    """`reask(request, n)` gives the request to send after the n-th unparseable answer (say,
+    sampled with a new seed), since re-sending a greedy request usually repeats the answer."""
     results: list[Any] = [None] * len(requests)
+    reasked: dict[int, Any] = {}
     errors_seen = [0] * len(requests)
     parse_failures = [0] * len(requests)
     pending = list(range(len(requests)))
@@ -58,7 +62,7 @@ def call_model(
         retry_next: list[int] = []
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
-            outputs = _call_batch(method, [requests[i] for i in chunk], stats)
+            outputs = _call_batch(method, [reasked.get(i) or requests[i] for i in chunk], stats)
             for index, output in zip(chunk, outputs):
                 if isinstance(output, BackendError):
                     errors_seen[index] += 1
@@ -77,6 +81,8 @@ def call_model(
                     parse_failures[index] += 1
                     if parse_failures[index] < retry.unparseable_attempts:
                         retry_next.append(index)
+                        if reask is not None:
+                            reasked[index] = reask(requests[index], parse_failures[index])
                     else:
                         results[index] = Failure(error.reason, str(error)[:300])
             if on_done is not None:

@@ -11,6 +11,8 @@ An inverse can also fail because the LLM worded it badly ("change it"), which sa
 about the forward edit. So a failed inverse is re-worded (a new, sampled inversion) and
 re-scored, up to `inverse_attempts` wordings in all, before the pair is judged inconsistent: a
 phantom edit fails whatever the wording, a correct one usually passes with a second wording.
+A forward whose inverse could not be written or judged at all is dropped too ("inverse
+unavailable"): it was never checked, and precision comes first.
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ class BackwardStage:
             still = self._score(ctx, reworded)
             failing = [t for t in failing if not any(t is r for r in reworded)] + still
         rejected_forwards = {inverse["parents"][0] for inverse in failing}
+        # A forward whose inverse could not be written or judged was never checked: with
+        # precision first, it is not released unverified.
+        unverified = {
+            t["parents"][0] for t in triplets if t["kind"] == "inverse" and t["status"] == FAILED
+        }
         for inverse in inverses:
             if inverse["status"] == FAILED:
                 ctx.stats.fail(inverse["reason"])
@@ -77,7 +84,12 @@ class BackwardStage:
             if triplet["kind"] == "forward" and triplet["triplet_id"] in rejected_forwards:
                 triplet.update(status=DROPPED, reason=INCONSISTENT)
                 ctx.stats.drop("forward_" + INCONSISTENT)
-            elif triplet["kind"] == "composite" and rejected_forwards & set(triplet["parents"]):
+            elif triplet["kind"] == "forward" and triplet["triplet_id"] in unverified:
+                triplet.update(status=DROPPED, reason="inverse_unavailable")
+                ctx.stats.drop("forward_inverse_unavailable")
+            elif triplet["kind"] == "composite" and (rejected_forwards | unverified) & set(
+                triplet["parents"]
+            ):
                 triplet.update(status=DROPPED, reason="parent_dropped")
                 ctx.stats.drop("composite_parent_dropped")
         return triplets

@@ -13,6 +13,7 @@ the export reads the set from the last one.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from string import Template
 from typing import Any
 
@@ -72,6 +73,9 @@ def ask_inverses(ctx: StageContext, requests: list[TextRequest]) -> list[Any]:
         retry=ctx.config.retry,
         stats=ctx.stats,
         parse=lambda answer: clean_inverse(answer, max_words),
+        reask=lambda request, n: replace(
+            request, temperature=0.7, seed=derive_seed(request.seed, "reask", n)
+        ),
         on_done=ctx.progress,
     )
 
