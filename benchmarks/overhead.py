@@ -50,7 +50,7 @@ def main() -> None:
     small["run"]["prompts"] = args.prompts
 
     full = quickstart()
-    full["run"]["prompts"] = max(4, args.prompts // 6)
+    full["run"]["prompts"] = max(4, args.prompts // 3)
     full["models"]["generator"]["scale"] = 1.0
 
     slow = quickstart()

@@ -14,6 +14,7 @@ the same in either order, only the attribution of a candidate failing both diffe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from string import Template
 from typing import Any
 
@@ -98,8 +99,10 @@ class PrefilterStage:
             for c in candidates
         ]
         if settings.low_level.enabled:
+            # Candidates of one source are consecutive; decode each source once, not M x edits.
+            decode_source = lru_cache(maxsize=8)(lambda digest: load_rgb(ctx.images.get(digest)))
             for candidate, row in zip(candidates, rows):
-                self._low_level(ctx, candidate, row)
+                self._low_level(ctx, candidate, row, decode_source)
         if settings.score:
             self._ask(ctx, candidates, rows, "score", self._score_decision)
         if settings.unwanted_changes:
@@ -116,10 +119,10 @@ class PrefilterStage:
         ctx.progress(len(candidates))
         return rows
 
-    def _low_level(self, ctx: StageContext, candidate: dict, row: dict) -> None:
+    def _low_level(self, ctx: StageContext, candidate: dict, row: dict, decode_source) -> None:
         check = ctx.config.prefilter.low_level
         try:
-            source = load_rgb(ctx.images.get(candidate["source_image"]))
+            source = decode_source(candidate["source_image"])
             edited = load_rgb(ctx.images.get(candidate["edited_image"]))
         except (OSError, ValueError):
             row.update(status=FAILED, reason="unreadable_image")
