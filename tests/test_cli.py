@@ -83,3 +83,21 @@ def test_mine_and_export_commands(tmp_path, small_config):
     assert again.returncode == 0 and "exported" in again.stdout
     refused = nhr("mine", str(path), "--run-dir", str(tmp_path / "r"), "--seed", "4")
     check_usage_error(refused, "run.seed: 3 -> 4")
+
+
+def test_a_run_directory_being_mined_is_refused(tmp_path, small_config):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(small_config(run={"prompts": 4})))
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / ".lock").write_text(str(other.pid))
+        check_usage_error(nhr("mine", str(path), "--run-dir", str(run_dir)), f"process {other.pid}")
+    finally:
+        other.kill()
+        other.wait()
+    # the owner is gone (as after SIGKILL): the next miner takes the lock over
+    done = nhr("mine", str(path), "--run-dir", str(run_dir), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert not (run_dir / ".lock").exists()

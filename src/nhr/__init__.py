@@ -35,6 +35,7 @@ def mine(
     """Mine (or resume) a run. `config` is a YAML path, a dict or an `NhrConfig`."""
     from nhr.config import ConfigError, NhrConfig, parse_config
     from nhr.executors.local import LocalExecutor, prepare_run_dir
+    from nhr.lock import RunLock
     from nhr.store import RunStore
 
     if isinstance(config, (str, Path)):
@@ -50,8 +51,9 @@ def mine(
         raise ConfigError("no run directory: set run.run_dir in the config or pass --run-dir")
     config = config.model_copy(update={"run": config.run.model_copy(update={"run_dir": None})})
     store = RunStore(run_dir)
-    prepare_run_dir(store, config, redo_from)
-    return LocalExecutor(config, store, show_progress=progress).run()
+    with RunLock(store.root):  # one miner per run directory
+        prepare_run_dir(store, config, redo_from)
+        return LocalExecutor(config, store, show_progress=progress).run()
 
 
 __all__ = ["__version__", "load_config", "mine"]

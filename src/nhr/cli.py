@@ -50,7 +50,6 @@ def _build_parser() -> argparse.ArgumentParser:
 def _mine(args: argparse.Namespace) -> int:
     import nhr
     from nhr.config import load_config
-    from nhr.lock import RunLock
 
     overrides = {}
     if args.prompts is not None:
@@ -61,8 +60,7 @@ def _mine(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or config.run.run_dir
     if not run_dir:
         raise _UsageError("no run directory: pass --run-dir or set run.run_dir in the config")
-    with RunLock(Path(run_dir)):
-        result = nhr.mine(config, run_dir, redo_from=args.redo_from, progress=not args.no_progress)
+    result = nhr.mine(config, run_dir, redo_from=args.redo_from, progress=not args.no_progress)
     dataset = result.stats["dataset"] or {}
     print(f"mined {dataset.get('rows', 0)} triplets into {result.run_dir / 'dataset'}")
     print(f"stage statistics: {result.run_dir / 'report' / 'stats.json'}")
@@ -102,20 +100,23 @@ def _report(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from nhr.config import parse_config
     from nhr.executors.local import LocalExecutor
+    from nhr.lock import RunLock
+    from nhr.pipeline import release_stage
     from nhr.store import RunStore
 
     store = RunStore(args.run_dir)
     data = store.read_config()
     if data is None:
         raise _UsageError(f"{args.run_dir} is not an nhr run directory (no config.yaml)")
-    executor = LocalExecutor(parse_config(data), store, show_progress=False)
-    if (
-        not all(store.is_done("select", s) for s in range(executor.shard_count()))
-        or not executor.shard_count()
-    ):
-        raise _UsageError("the run has not finished selection yet; finish it with `nhr mine`")
-    store.clear_stage("export")
-    result = executor.run()
+    config = parse_config(data)
+    executor = LocalExecutor(config, store, show_progress=False)
+    release = release_stage(config)
+    shards = executor.shard_count()
+    if not shards or not all(store.is_done(release, s) for s in range(shards)):
+        raise _UsageError(f"the run has not finished '{release}' yet; finish it with `nhr mine`")
+    with RunLock(store.root):
+        store.clear_stage("export")
+        result = executor.run()
     print(f"exported {result.stats['dataset']['rows']} triplets to {store.root / 'dataset'}")
     return 0
 

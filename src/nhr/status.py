@@ -22,7 +22,7 @@ def render_status(run_dir: Path) -> str:
     else:
         state = "stopped before the end; run `nhr mine` again to resume"
     lines = [f"run {run_dir}: {state}", ""]
-    header = f"{'stage':<13}{'shards':>9}{'in':>9}{'out':>9}{'kept':>7}  dropped / failed"
+    header = f"{'stage':<13}{'shards':>9}{'in':>9}{'out':>9}{'out/in':>8}  dropped / failed"
     lines += [header, "-" * len(header)]
     for stage in stats["stages"]:
         total = stage["shards_total"]
@@ -36,7 +36,7 @@ def render_status(run_dir: Path) -> str:
         )
         lines.append(
             f"{stage['stage']:<13}{shards:>9}{stage['rows_in']:>9}{stage['rows_out']:>9}"
-            f"{kept:>7}  {reasons}"
+            f"{kept:>8}  {reasons}"
         )
     if stats["dataset"]:
         lines += ["", f"dataset: {stats['dataset']['rows']} triplets in {run_dir / 'dataset'}"]

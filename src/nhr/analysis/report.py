@@ -26,14 +26,10 @@ THUMBNAIL = 192
 
 
 def finished_rows(store: RunStore, stage: str) -> list[dict[str, Any]]:
-    """Rows of the shards whose completion marker exists (global stages: all shards)."""
+    """Rows of the shards that are finished: all of them for a finished global stage,
+    otherwise those with a completion marker (so a report on a live run reads no half shard)."""
     if store.is_done(stage):
-        marker = store.read_marker(stage) or {}
-        shards = (
-            range(int(marker.get("shards", 0))) if "shards" in marker else store.done_shards(stage)
-        )
-        design = store.read_marker("design") or {}
-        shards = range(int(design.get("shards", 0))) if stage != "design" else shards
+        shards: Any = range(int((store.read_marker("design") or {}).get("shards", 0)))
     else:
         shards = store.done_shards(stage)
     return [row for shard in shards for row in store.read_rows(stage, shard)]

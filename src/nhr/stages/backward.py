@@ -19,13 +19,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from nhr.calls import Failure, call_model
-from nhr.parsing import parse_scores
+from nhr.calls import Failure
 from nhr.records import DROPPED, FAILED, OK
 from nhr.stages.base import StageContext
 from nhr.stages.invert import ask_inverses, inverse_request
 from nhr.stages.select import geometric_mean
-from nhr.stages.validate import score_requests
+from nhr.stages.validate import validator_scores
 
 INCONSISTENT = "backward_inconsistent"
 
@@ -98,14 +97,7 @@ class BackwardStage:
         """Score inverses in place; return those below the thresholds (model failures are
         marked failed: an inverse that could not be judged condemns nothing)."""
         min_adherence, min_aesthetics = self.thresholds(ctx)
-        results = call_model(
-            ctx.backend("validator").ask,
-            score_requests(ctx, inverses),
-            batch_size=ctx.config.backward.batch_size,
-            retry=ctx.config.retry,
-            stats=ctx.stats,
-            parse=parse_scores,
-        )
+        results = validator_scores(ctx, inverses, ctx.config.backward.batch_size)
         below = []
         for inverse, result in zip(inverses, results):
             if isinstance(result, Failure):

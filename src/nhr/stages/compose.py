@@ -17,13 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 from nhr import taxonomy
-from nhr.calls import Failure, call_model
+from nhr.calls import Failure
 from nhr.ids import stable_id, unit_interval
-from nhr.parsing import parse_scores
 from nhr.records import DROPPED, FAILED, OK
 from nhr.stages.base import StageContext
 from nhr.stages.select import geometric_mean
-from nhr.stages.validate import passes, score_requests
+from nhr.stages.validate import passes, validator_scores
 
 
 def join_instructions(first: str, second: str) -> str:
@@ -161,14 +160,8 @@ class ComposeStage:
         for round_index in range(max((len(t) for t in tries), default=0)):
             batch = [tries[p][round_index] for p in pending if round_index < len(tries[p])]
             owners = [p for p in pending if round_index < len(tries[p])]
-            results = call_model(
-                ctx.backend("validator").ask,
-                score_requests(ctx, batch),
-                batch_size=ctx.config.compose.batch_size,
-                retry=ctx.config.retry,
-                stats=ctx.stats,
-                parse=parse_scores,
-                on_done=ctx.progress,
+            results = validator_scores(
+                ctx, batch, ctx.config.compose.batch_size, on_done=ctx.progress
             )
             still_pending = []
             for owner, composite, result in zip(owners, batch, results):

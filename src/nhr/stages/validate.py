@@ -29,6 +29,21 @@ def score_requests(ctx: StageContext, items: list[dict[str, Any]]) -> LazyReques
     return LazyRequests(len(items), build)
 
 
+def validator_scores(
+    ctx: StageContext, items: list[dict[str, Any]], batch_size: int, on_done=None
+) -> list[Any]:
+    """(adherence, aesthetics) or a Failure per item, from the validator model."""
+    return call_model(
+        ctx.backend("validator").ask,
+        score_requests(ctx, items),
+        batch_size=batch_size,
+        retry=ctx.config.retry,
+        stats=ctx.stats,
+        parse=parse_scores,
+        on_done=on_done,
+    )
+
+
 def passes(ctx: StageContext, adherence: float, aesthetics: float) -> bool:
     settings = ctx.config.validate_
     return adherence >= settings.adherence_threshold and aesthetics >= settings.aesthetics_threshold
@@ -44,14 +59,8 @@ class ValidateStage:
         survivors = {row["candidate_id"] for row in ok_rows(inputs["prefilter"])}
         candidates = [c for c in ok_rows(inputs["edit"]) if c["candidate_id"] in survivors]
         ctx.stats.rows_in = len(candidates)
-        results = call_model(
-            ctx.backend("validator").ask,
-            score_requests(ctx, candidates),
-            batch_size=ctx.config.validate_.batch_size,
-            retry=ctx.config.retry,
-            stats=ctx.stats,
-            parse=parse_scores,
-            on_done=ctx.progress,
+        results = validator_scores(
+            ctx, candidates, ctx.config.validate_.batch_size, on_done=ctx.progress
         )
         model = ctx.model_info("validator")
         rows = []
