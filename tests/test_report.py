@@ -140,3 +140,18 @@ def test_gallery_opens_in_headless_chromium(hostile_run):
     assert not console_errors
     images = dom.count("<img ")
     assert images >= 2
+
+
+def test_report_on_a_run_still_in_progress(report, tmp_path):
+    run_dir, finished = report
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "stages" / "export")
+    shutil.rmtree(copy / "dataset")
+    (copy / "stages" / "validate" / "shard-00003.done.json").unlink()  # a shard mid-validation
+    summary = build_report(copy)
+    assert summary["complete"] is False and summary["released"] is None
+    assert "still mining" in (copy / "report" / "report.md").read_text()
+    assert "still mining" in (copy / "report" / "index.html").read_text()
+    full = finished["survival_curve"]["pool"]
+    assert 0 < summary["survival_curve"]["pool"] < full  # only finished shards are read
