@@ -14,6 +14,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nhr import taxonomy
+from nhr.backends.configs import (
+    DiffusersBackendConfig,
+    GeminiBackendConfig,
+    OpenAIBackendConfig,
+    TransformersBackendConfig,
+)
 from nhr.backends.sim.config import SimBackendConfig
 
 
@@ -27,7 +33,14 @@ class _Section(BaseModel):
 
 # One entry per backend family; pydantic picks the class from the `backend` key. New families
 # add their config class to this union.
-ModelConfig = Annotated[SimBackendConfig, Field(discriminator="backend")]
+ModelConfig = Annotated[
+    SimBackendConfig
+    | DiffusersBackendConfig
+    | TransformersBackendConfig
+    | OpenAIBackendConfig
+    | GeminiBackendConfig,
+    Field(discriminator="backend"),
+]
 
 
 class RunSection(_Section):

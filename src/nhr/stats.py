@@ -21,6 +21,9 @@ class StageStats:
     model_batches: int = 0
     retries: int = 0
     model_seconds: float = 0.0
+    # What API backends report spending (tokens, images, money, transport retries), when they
+    # report it; keys are backend-defined counters such as input_tokens or cost_usd.
+    usage: Counter[str] = field(default_factory=Counter)
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] += count
@@ -37,6 +40,7 @@ class StageStats:
         self.model_batches += other.model_batches
         self.retries += other.retries
         self.model_seconds += other.model_seconds
+        self.usage.update(other.usage)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +52,7 @@ class StageStats:
             "model_batches": self.model_batches,
             "retries": self.retries,
             "model_seconds": round(self.model_seconds, 4),
+            "usage": {k: round(v, 6) for k, v in sorted(self.usage.items()) if v},
         }
 
     @classmethod
@@ -61,4 +66,5 @@ class StageStats:
             model_batches=int(data.get("model_batches", 0)),
             retries=int(data.get("retries", 0)),
             model_seconds=float(data.get("model_seconds", 0.0)),
+            usage=Counter(data.get("usage", {})),
         )

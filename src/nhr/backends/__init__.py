@@ -10,6 +10,10 @@ from typing import Any
 # only when a run actually uses it.
 FAMILIES: dict[str, str] = {
     "sim": "nhr.backends.sim:SimBackend",
+    "diffusers": "nhr.backends.diffusers:DiffusersBackend",
+    "transformers": "nhr.backends.transformers:TransformersBackend",
+    "openai": "nhr.backends.openai:OpenAIBackend",
+    "gemini": "nhr.backends.gemini:GeminiBackend",
 }
 
 

@@ -77,6 +77,16 @@ class BackendPool:
             self._instances[key] = create_backend(getattr(self.models, role))
         return self._instances[key]
 
+    def usage(self, roles: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        """Cumulative usage counters of the already-built backends serving `roles`."""
+        snapshot = {}
+        for role in roles:
+            key = self._key(role)
+            backend = self._instances.get(key)
+            if backend is not None and hasattr(backend, "usage"):
+                snapshot[key] = dict(backend.usage())
+        return snapshot
+
     def keep_only(self, roles: set[str]) -> None:
         """Release the models no remaining stage needs (frees GPU memory between stages)."""
         wanted = {self._key(role) for role in roles}
@@ -129,6 +139,14 @@ def remove_partial_files(root: Path) -> None:
         path.unlink(missing_ok=True)
     for path in root.glob(".dataset-*"):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _usage_delta(before: dict, after: dict) -> dict[str, float]:
+    delta: dict[str, float] = {}
+    for key, counters in after.items():
+        for name, value in counters.items():
+            delta[name] = delta.get(name, 0.0) + value - before.get(key, {}).get(name, 0.0)
+    return delta
 
 
 class _Progress:
@@ -200,7 +218,9 @@ class LocalExecutor:
                 inputs = {name: self.store.read_rows(name, shard) for name in stage.reads}
                 ctx = self._context(stage, bar)
                 started = time.perf_counter()
+                usage_before = self.backends.usage(stage.roles)
                 rows = stage.run(ctx, inputs)
+                ctx.stats.usage.update(_usage_delta(usage_before, self.backends.usage(stage.roles)))
                 self.store.write_rows(stage.name, shard, rows, SCHEMAS[stage.name])
                 self.store.mark_done(
                     stage.name,
@@ -227,7 +247,9 @@ class LocalExecutor:
         try:
             ctx = self._context(stage, bar)
             started = time.perf_counter()
+            usage_before = self.backends.usage(stage.roles)
             rows_by_shard = stage.run(ctx, inputs)
+            ctx.stats.usage.update(_usage_delta(usage_before, self.backends.usage(stage.roles)))
             if bar is not None:
                 bar.shard_done()
         finally:
