@@ -111,3 +111,15 @@ def test_lazy_requests_build_only_what_is_asked():
         30,
         40,
     ]
+
+
+def test_setup_errors_stop_the_run_with_their_message():
+    import pytest
+
+    from nhr.backends.base import BackendSetupError
+
+    def unconfigured(batch):
+        raise BackendSetupError("set OPENAI_API_KEY")
+
+    with pytest.raises(BackendSetupError, match="OPENAI_API_KEY"):
+        call_model(unconfigured, ["a"], batch_size=1, retry=RETRY, stats=StageStats())

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from nhr.backends.base import BackendError
+from nhr.backends.base import BackendError, BackendSetupError, MissingExtraError
 from nhr.config import RetrySection
 from nhr.parsing import ParseError
 from nhr.stats import StageStats
@@ -104,6 +104,8 @@ def _call_batch(method: Callable, batch: list, stats: StageStats) -> list[Any]:
             outputs = [error] * len(batch)
     except BackendError as error:
         outputs = [error] * len(batch)
+    except (BackendSetupError, MissingExtraError):
+        raise  # the user must fix the setup; retrying every item would only hide it
     except Exception as error:  # a backend bug or library error must not end the run
         log.warning("backend call raised %s: %s", type(error).__name__, error)
         transient = BackendError("exception", f"{type(error).__name__}: {error}")

@@ -42,6 +42,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--target", type=int, default=100_000, help="dataset size for the compute estimate"
     )
 
+    doctor = commands.add_parser(
+        "doctor", help="check extras, keys, servers and GPU memory for a config (free)"
+    )
+    doctor.add_argument("config")
+    doctor.add_argument("--offline", action="store_true", help="skip the server checks")
+
     export = commands.add_parser("export", help="write RUN/dataset again from the stage tables")
     export.add_argument("run_dir")
     return parser
@@ -97,6 +103,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from nhr.config import load_config
+    from nhr.doctor import render_checks, run_doctor
+
+    checks = run_doctor(load_config(args.config), network=not args.offline)
+    print(render_checks(checks))
+    return 0 if all(check.ok for check in checks) else 1
+
+
 def _export(args: argparse.Namespace) -> int:
     from nhr.config import parse_config
     from nhr.executors.local import LocalExecutor
@@ -131,18 +146,33 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"mine": _mine, "status": _status, "report": _report, "export": _export}
+    handlers = {
+        "mine": _mine,
+        "status": _status,
+        "report": _report,
+        "doctor": _doctor,
+        "export": _export,
+    }
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
         print("nhr: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as error:  # only the errors a user can act on are turned into messages
+        from nhr.backends.base import BackendSetupError, MissingExtraError
         from nhr.config import ConfigError
         from nhr.executors.local import RunConfigError
         from nhr.lock import RunLockedError
 
-        if isinstance(error, (ConfigError, RunConfigError, RunLockedError, _UsageError)):
+        actionable = (
+            ConfigError,
+            RunConfigError,
+            RunLockedError,
+            _UsageError,
+            BackendSetupError,
+            MissingExtraError,
+        )
+        if isinstance(error, actionable):
             print(f"nhr: error: {error}", file=sys.stderr)
             return EXIT_USAGE
         raise

@@ -52,6 +52,11 @@ class PermanentBackendError(BackendError):
     retryable = False
 
 
+class BackendSetupError(RuntimeError):
+    """Something the user must fix before any call can work (a missing key, a model folder
+    that does not exist). Unlike item errors it stops the run with its message."""
+
+
 class MissingExtraError(ImportError):
     """A backend needs an optional dependency that is not installed."""
 

@@ -96,6 +96,9 @@ class DiffusersBackendConfig(_Strict):
     call_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="extra keyword arguments of the pipeline call"
     )
+    min_gpu_memory_gb: float | None = Field(
+        None, gt=0, description="what `nhr doctor` checks the GPU has free for this model"
+    )
 
 
 class TransformersBackendConfig(_Strict):
@@ -113,3 +116,6 @@ class TransformersBackendConfig(_Strict):
     )
     attn_implementation: str | None = None
     trust_remote_code: bool = False
+    min_gpu_memory_gb: float | None = Field(
+        None, gt=0, description="what `nhr doctor` checks the GPU has free for this model"
+    )
