@@ -8,7 +8,7 @@ CLI prints it and exits with status 2.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -48,6 +48,11 @@ class RunSection(_Section):
     prompts: int = Field(64, ge=1, description="number of text-to-image prompts to design")
     shard_size: int = Field(8, ge=1, description="prompts per shard (unit of work and resume)")
     run_dir: str | None = Field(None, description="run directory; --run-dir overrides it")
+    request_cache: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="keep model answers in RUN/cache so a crash or a redo never pays twice; "
+        "auto: for API backends (openai, gemini), where calls cost money",
+    )
 
 
 class BriefSection(_Section):

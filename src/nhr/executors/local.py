@@ -18,6 +18,7 @@ from typing import Any
 
 from nhr import records
 from nhr.backends import create_backend
+from nhr.cache import CachedBackend
 from nhr.config import NhrConfig
 from nhr.pipeline import (
     ALL_STAGE_NAMES,
@@ -59,12 +60,18 @@ class MineResult:
     stats: dict[str, Any]
 
 
+# Backends whose calls cost money: their answers are cached by default (run.request_cache).
+CACHED_BY_DEFAULT = ("openai", "gemini")
+
+
 class BackendPool:
     """One backend instance per distinct model config, built on first use and kept for the
     stages that still need it (models load once per worker)."""
 
-    def __init__(self, config: NhrConfig) -> None:
+    def __init__(self, config: NhrConfig, store: RunStore | None = None) -> None:
         self.models = config.models
+        self.cache_mode = config.run.request_cache
+        self.store = store
         self._instances: dict[str, Any] = {}
 
     def _key(self, role: str) -> str:
@@ -74,7 +81,14 @@ class BackendPool:
         key = self._key(role)
         if key not in self._instances:
             log.info("loading %s model", role)
-            self._instances[key] = create_backend(getattr(self.models, role))
+            model = getattr(self.models, role)
+            backend = create_backend(model)
+            if self.store is not None and (
+                self.cache_mode == "on"
+                or (self.cache_mode == "auto" and model.backend in CACHED_BY_DEFAULT)
+            ):
+                backend = CachedBackend(backend, self.store.root / "cache", self.store.images)
+            self._instances[key] = backend
         return self._instances[key]
 
     def usage(self, roles: tuple[str, ...]) -> dict[str, dict[str, float]]:
@@ -175,7 +189,7 @@ class LocalExecutor:
         self.config = config
         self.store = store
         self.show_progress = show_progress
-        self.backends = BackendPool(config)
+        self.backends = BackendPool(config, store)
         self.stages = build_stages(config)
 
     def run(self) -> MineResult:
