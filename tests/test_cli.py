@@ -1,5 +1,6 @@
 """The command line: clear messages and exit status 2 for what a user must fix."""
 
+import re
 import subprocess
 import sys
 
@@ -101,3 +102,12 @@ def test_a_run_directory_being_mined_is_refused(tmp_path, small_config):
     done = nhr("mine", str(path), "--run-dir", str(run_dir), "--no-progress")
     assert done.returncode == 0, done.stderr
     assert not (run_dir / ".lock").exists()
+
+
+def test_progress_bars_count_shards_per_stage(tmp_path, small_config):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(small_config(run={"prompts": 8})))
+    done = nhr("mine", str(path), "--run-dir", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    for stage in ("generate", "validate", "compose"):
+        assert re.search(rf"{stage}: 100%.*2/2 .*items", done.stderr), stage

@@ -245,6 +245,8 @@ class LocalExecutor:
                         "stats": ctx.stats.to_dict(),
                     },
                 )
+                if bar is not None:
+                    bar.shard_done()
         finally:
             if bar is not None:
                 bar.close()
