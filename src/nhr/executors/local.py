@@ -104,9 +104,22 @@ class BackendPool:
     def keep_only(self, roles: set[str]) -> None:
         """Release the models no remaining stage needs (frees GPU memory between stages)."""
         wanted = {self._key(role) for role in roles}
-        for key in list(self._instances):
-            if key not in wanted:
-                del self._instances[key]
+        released = [key for key in self._instances if key not in wanted]
+        for key in released:
+            del self._instances[key]
+        if released:
+            _free_accelerator_memory()
+
+
+def _free_accelerator_memory() -> None:
+    """Collect released models and hand their CUDA memory back, if torch is in use at all."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def prepare_run_dir(store: RunStore, config: NhrConfig, redo_from: str | None) -> None:
