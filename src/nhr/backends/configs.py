@@ -49,6 +49,17 @@ class OpenAIBackendConfig(_Strict):
     max_tokens: int | None = Field(None, ge=1, description="overrides the stage's value")
     image_detail: Literal["auto", "low", "high"] = "auto"
     image_quality: str | None = Field(None, description="images API quality, if the model has one")
+    image_size: str | None = Field(
+        None,
+        description="size to ask the images API for (e.g. 1024x1024, for models that accept only "
+        "a few sizes); the answer is resized to the size the pipeline asked for. Default: that size",
+    )
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = Field(
+        "max_tokens", description="reasoning models (o-series) take max_completion_tokens"
+    )
+    send_temperature: bool = Field(
+        True, description="false for models that accept only their default temperature (o3)"
+    )
     extra_body: dict[str, Any] = Field(
         default_factory=dict, description="extra request fields (e.g. vLLM sampling options)"
     )

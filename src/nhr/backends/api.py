@@ -1,0 +1,571 @@
+"""Shared machinery of the API backends (OpenAI-compatible servers and Gemini).
+
+A stage hands a backend one batch of requests and wants one answer or one `BackendError` per
+request back. Over HTTP that means: send the batch concurrently, but never more than
+`limits.max_concurrency` requests at once; stay under the requests-per-minute and
+tokens-per-minute budgets; give up on a request after `limits.timeout_s`; retry 429, 5xx,
+timeouts, connection errors and broken bodies with exponential backoff and jitter, waiting at
+least as long as the server's Retry-After; and count what was spent. `ApiRunner` does all of
+that once, for both backends. A backend only says how to send one request (`send`), how to
+read the SDK's exceptions (`classify`) and how to build and close its SDK client.
+
+The batch runs on an event loop in a background thread owned by the runner, so every batch
+of a backend, from whatever thread it comes, shares one connection pool, one concurrency
+limit and one pair of rate limiters. The SDK client is created on that loop and closed on it
+before the loop stops (`close`, or when the backend is garbage collected).
+
+The API key is read from the environment by name and kept in a `Secret`, whose repr hides it;
+every error detail and log line produced here is scrubbed of it as a last line of defence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import importlib
+import io
+import logging
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any, Generic, TypeVar
+
+from nhr.backends.base import (
+    BackendError,
+    BackendSetupError,
+    MissingExtraError,
+    PermanentBackendError,
+    TransientBackendError,
+)
+from nhr.backends.configs import ApiLimits, Prices
+
+log = logging.getLogger(__name__)
+
+Request = TypeVar("Request")
+Value = TypeVar("Value")
+
+# Reasons retried here, at the transport level, before the item is handed back as failed.
+# Anything else (refusals, bad requests, unexpected exceptions) is returned at once.
+TRANSPORT_REASONS = frozenset(
+    {"rate_limited", "server_error", "timeout", "connection", "malformed_response"}
+)
+
+# A rough prompt-token cost of one image, for the tokens-per-minute estimate only; the
+# estimate is corrected by the usage the server reports.
+IMAGE_TOKENS_ESTIMATE = 800
+
+USAGE_KEYS = ("requests", "transport_retries", "input_tokens", "output_tokens", "images")
+
+
+# --- setup: SDKs and secrets ----------------------------------------------------------------
+
+
+class MissingApiKeyError(BackendSetupError):
+    """The environment variable that should hold the API key (or the Vertex project) is not
+    set. `variable` names it, so the CLI can tell the user exactly what to export."""
+
+    def __init__(self, variable: str, backend: str, hint: str = "") -> None:
+        message = f"the {backend} backend needs {variable}: set the environment variable {variable}"
+        super().__init__(message + (f" ({hint})" if hint else ""))
+        self.variable = variable
+
+
+class Secret:
+    """A string that does not show itself: repr and str print a placeholder, so a key held in
+    a config object, a partial or a traceback's locals never reaches a log or a file."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Secret is never pickled; read it from the environment again")
+
+
+def read_secret(variable: str) -> Secret | None:
+    """The value of environment variable `variable`, or None when unset or blank."""
+    value = os.environ.get(variable, "").strip()
+    return Secret(value) if value else None
+
+
+def require_sdk(module: str, extra: str) -> ModuleType:
+    """Import an SDK module, or say which extra to install; imported only by the backend that
+    needs it, so `import nhr` stays light."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise MissingExtraError(
+            f"the {extra} backend needs the {module} package: pip install 'nhr[{extra}]'"
+        ) from error
+
+
+def redact(text: str, secret: Secret | None) -> str:
+    """`text` with the secret replaced, for anything that may end up in a log or a file."""
+    if secret is None or not secret.reveal():
+        return text
+    return text.replace(secret.reveal(), "***")
+
+
+# --- what one attempt gives back ------------------------------------------------------------
+
+
+@dataclass
+class Answer(Generic[Value]):
+    """One server answer: the value (or an item error read from a valid answer, such as a
+    refusal) and what the server says it cost."""
+
+    value: Value | BackendError
+    input_tokens: int = 0
+    output_tokens: int = 0
+    images: int = 0
+
+
+def transient(reason: str, detail: str = "", retry_after: float | None = None) -> BackendError:
+    """A `TransientBackendError`, with the server's wait hint as `retry_after` (seconds)."""
+    error = TransientBackendError(reason, detail)
+    error.retry_after = retry_after  # type: ignore[attr-defined]
+    return error
+
+
+def status_error(status: int, detail: str, retry_after: float | None = None) -> BackendError:
+    """The item error for an HTTP error status, the same for every API backend."""
+    if status == 429:
+        return transient("rate_limited", detail, retry_after)
+    if status >= 500 or status == 409:  # 409: a lock or conflict on the server's side
+        return transient("server_error", detail, retry_after)
+    if status == 408:
+        return transient("timeout", detail, retry_after)
+    if status in (401, 403):
+        return PermanentBackendError("auth", detail)
+    if status == 404:
+        return PermanentBackendError("not_found", detail)
+    if status == 413:
+        return PermanentBackendError("too_large", detail)
+    return PermanentBackendError("bad_request", detail)
+
+
+def transport_reason(error: BaseException) -> str | None:
+    """`timeout` or `connection` for the HTTP library's transport errors (httpx or its fork
+    httpx2, whichever the SDK uses) and the socket errors below them; None otherwise."""
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    for name in ("httpx2", "httpx"):
+        module = sys.modules.get(name)  # whichever the SDK imported; never import one here
+        if module is None:
+            continue
+        if isinstance(error, module.TimeoutException):
+            return "timeout"
+        if isinstance(error, module.TransportError):
+            return "connection"
+    if isinstance(error, OSError):
+        return "connection"
+    return None
+
+
+def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from `Retry-After` (seconds or an HTTP date) or OpenAI's
+    `retry-after-ms`; None when the server gave no usable hint."""
+    if not headers:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+def image_mime(data: bytes) -> str:
+    """The MIME type of encoded image bytes (PNG by the protocol, but be honest if not)."""
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "image/png"
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) read from the header; raises ValueError if the bytes are no image."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except OSError as error:
+        raise ValueError(f"unreadable image: {error}") from None
+
+
+def png_of_size(data: bytes, width: int, height: int) -> bytes:
+    """PNG bytes of exactly `width` x `height`.
+
+    An answer that already is such a PNG is returned unchanged, byte for byte (its metadata,
+    such as the simulator's ground truth, survive). Anything else is decoded, resized if needed
+    and re-encoded, because the pipeline relies on the size it asked for. Raises ValueError
+    for bytes that are not an image.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format == "PNG" and image.size == (width, height):
+                return data
+            image.load()
+            if image.mode not in ("RGB", "RGBA", "L", "LA"):
+                image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.Resampling.LANCZOS)
+            out = io.BytesIO()
+            image.save(out, format="PNG")
+            return out.getvalue()
+    except OSError as error:
+        raise ValueError(f"unreadable image: {error}") from None
+
+
+# --- usage ----------------------------------------------------------------------------------
+
+
+class UsageMeter:
+    """Cumulative, thread-safe counters of what a backend spent.
+
+    `requests` counts HTTP requests sent (retries included, as the server counts them),
+    `transport_retries` the retries among them; tokens and images are what the server
+    reported. `cost_usd` is derived from `prices` when a config sets them.
+    """
+
+    def __init__(self, prices: Prices | None) -> None:
+        self._prices = prices
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(USAGE_KEYS, 0)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for key, value in counts.items():
+                self._counts[key] += value
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            usage: dict[str, float] = {key: float(value) for key, value in self._counts.items()}
+        if self._prices is not None:
+            p = self._prices
+            usage["cost_usd"] = (
+                usage["input_tokens"] * p.input_per_million_tokens / 1e6
+                + usage["output_tokens"] * p.output_per_million_tokens / 1e6
+                + usage["images"] * p.per_image
+            )
+        return usage
+
+
+# --- rate limits ----------------------------------------------------------------------------
+
+
+class TokenBucket:
+    """An async token bucket refilled at `per_minute / 60` per second.
+
+    Capacity is one second of budget: servers quantise per-minute limits into short windows,
+    so a full minute's burst would be refused anyway. A take larger than what is left drives
+    the level below zero (a debt the next takes wait for), so a request bigger than one
+    second of budget never deadlocks and the average rate still holds. Waiters are served in
+    order (asyncio.Lock is fair). Used only on the runner's loop thread.
+    """
+
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self.level = self.capacity
+        self._clock = clock
+        self._stamp = clock()
+        self._lock: asyncio.Lock | None = None
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self.level = min(self.capacity, self.level + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    async def take(self, amount: float) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            need = min(amount, self.capacity)
+            while True:
+                self._refill()
+                if self.level >= need:
+                    self.level -= amount
+                    return
+                # Wake at least every 0.1 s: a usage correction may have refilled the bucket.
+                await asyncio.sleep(min(0.1, (need - self.level) / self.rate))
+
+    def give_back(self, amount: float) -> None:
+        """Correct an estimate: positive gives tokens back, negative charges more."""
+        self._refill()
+        self.level = min(self.capacity, self.level + amount)
+
+
+# --- the runner -----------------------------------------------------------------------------
+
+
+class _LoopThread:
+    """An event loop running in a daemon thread, for as long as its owner lives."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, coroutine: Awaitable[Any]) -> Future:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+Send = Callable[[Any, Request], Awaitable[Answer]]
+
+
+class ApiRunner:
+    """Runs batches of one backend's requests under its limits, retries and usage meter.
+
+    `make_client()` builds the SDK client (called on the loop thread, on first use) and
+    `close_client(client)` closes it; `classify(exception)` turns an SDK exception into an
+    item error. None of them may hold a reference to the backend, so that a backend no one
+    uses any more is collected and its loop stopped.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        limits: ApiLimits,
+        prices: Prices | None,
+        *,
+        make_client: Callable[[], Any],
+        close_client: Callable[[Any], Awaitable[None]],
+        classify: Callable[[BaseException], BackendError],
+        secret: Secret | None = None,
+    ) -> None:
+        self.name = name
+        self.limits = limits
+        self.meter = UsageMeter(prices)
+        self._make_client = make_client
+        self._close_client = close_client
+        self._classify = classify
+        self._secret = secret
+        self._lock = threading.Lock()
+        self._loop: _LoopThread | None = None
+        # Built on the loop with the client (asyncio objects belong to one loop).
+        self._client: Any = None
+        self._slots: asyncio.Semaphore | None = None
+        self._requests_bucket: TokenBucket | None = None
+        self._tokens_bucket: TokenBucket | None = None
+        self._resume_at = 0.0  # after a 429 with Retry-After, nobody sends before this
+
+    # public ---------------------------------------------------------------------------------
+
+    def run(
+        self,
+        requests: Sequence[Request],
+        send: Send,
+        estimate: Callable[[Request], int],
+    ) -> list[Any]:
+        """One entry per request, in order: the answer's value or a `BackendError`.
+
+        `send(client, request)` makes one attempt; `estimate(request)` gives the tokens it
+        may use, for the tokens-per-minute limiter.
+        """
+        if not requests:
+            return []
+        loop = self._start()
+        return loop.submit(self._run_batch(list(requests), send, estimate)).result()
+
+    def usage(self) -> dict[str, float]:
+        return self.meter.snapshot()
+
+    def close(self) -> None:
+        """Close the SDK client on its loop, then stop the loop. Safe to call twice."""
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        if self._client is not None:
+            try:
+                loop.submit(self._close_client(self._client)).result(timeout=10)
+            except Exception as error:  # closing must never fail a run
+                log.debug("%s: closing the client failed: %s", self.name, type(error).__name__)
+        loop.stop()
+        # A later run starts a new loop, with a new client and new loop-bound limiters.
+        self._client = self._slots = self._requests_bucket = self._tokens_bucket = None
+
+    # internals ------------------------------------------------------------------------------
+
+    def _start(self) -> _LoopThread:
+        with self._lock:
+            if self._loop is None:
+                self._loop = _LoopThread(f"nhr-{self.name}")
+            return self._loop
+
+    async def _run_batch(
+        self, requests: list[Any], send: Send, estimate: Callable[[Any], int]
+    ) -> list[Any]:
+        if self._client is None:
+            self._client = self._create_client()
+            limits = self.limits
+            self._slots = asyncio.Semaphore(limits.max_concurrency)
+            if limits.requests_per_minute:
+                self._requests_bucket = TokenBucket(limits.requests_per_minute)
+            if limits.tokens_per_minute:
+                self._tokens_bucket = TokenBucket(limits.tokens_per_minute)
+        return await asyncio.gather(*(self._one(request, send, estimate) for request in requests))
+
+    def _create_client(self) -> Any:
+        try:
+            return self._make_client()
+        except (BackendSetupError, MissingExtraError):
+            raise
+        except Exception as error:  # e.g. no Google credentials: no call can work
+            detail = redact(f"{type(error).__name__}: {error}", self._secret)
+            raise BackendSetupError(f"{self.name}: cannot create the client: {detail}") from None
+
+    async def _one(self, request: Any, send: Send, estimate: Callable[[Any], int]) -> Any:
+        limits = self.limits
+        error: BackendError | None = None
+        for attempt in range(limits.max_retries + 1):
+            if attempt:
+                delay = self._backoff(attempt, getattr(error, "retry_after", None))
+                log.debug(
+                    "%s: retry %d/%d in %.2f s after %s",
+                    self.name,
+                    attempt,
+                    limits.max_retries,
+                    delay,
+                    error.reason if error else "?",
+                )
+                await asyncio.sleep(delay)
+                self.meter.add(transport_retries=1)
+            result = await self._attempt(request, send, estimate(request))
+            if not isinstance(result, BackendError):
+                return result
+            error = result
+            if error.reason not in TRANSPORT_REASONS or not error.retryable:
+                return error
+            hint = getattr(error, "retry_after", None)
+            if error.reason == "rate_limited" and hint:
+                self._resume_at = max(self._resume_at, time.monotonic() + hint)
+        log.info("%s: request failed after %d retries: %s", self.name, limits.max_retries, error)
+        return error
+
+    async def _attempt(self, request: Any, send: Send, estimate: int) -> Any:
+        """One HTTP request inside a concurrency slot and the rate limits: its value, or the
+        item error it ended with."""
+        assert self._slots is not None
+        async with self._slots:
+            await self._wait_for_rate_limits(estimate)
+            self.meter.add(requests=1)
+            try:
+                async with asyncio.timeout(self.limits.timeout_s):
+                    answer = await send(self._client, request)
+            except Exception as exception:  # cancellation is a BaseException: not caught
+                return self._error_of(exception)
+        self._account(answer, estimate)
+        if isinstance(answer.value, BackendError):
+            return self._scrub(answer.value)
+        return answer.value
+
+    async def _wait_for_rate_limits(self, estimate: int) -> None:
+        pause = self._resume_at - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        if self._requests_bucket is not None:
+            await self._requests_bucket.take(1)
+        if self._tokens_bucket is not None:
+            await self._tokens_bucket.take(estimate)
+
+    def _account(self, answer: Answer, estimate: int) -> None:
+        self.meter.add(
+            input_tokens=answer.input_tokens,
+            output_tokens=answer.output_tokens,
+            images=answer.images,
+        )
+        actual = answer.input_tokens + answer.output_tokens
+        if self._tokens_bucket is not None and actual > 0:
+            self._tokens_bucket.give_back(estimate - actual)
+
+    def _backoff(self, attempt: int, hint: float | None) -> float:
+        """Exponential backoff with jitter (so many clients do not retry in lockstep), but
+        never shorter than the server's Retry-After."""
+        limits = self.limits
+        delay = min(limits.max_backoff_s, limits.backoff_s * 2 ** (attempt - 1))
+        delay *= 0.5 + random.random()
+        if hint:
+            delay = max(delay, hint * (1.0 + 0.1 * random.random()))
+        return delay
+
+    def _error_of(self, exception: Exception) -> BackendError:
+        if isinstance(exception, BackendError):
+            return self._scrub(exception)
+        if isinstance(exception, TimeoutError):
+            return transient("timeout", f"no answer within {self.limits.timeout_s:g} s")
+        try:
+            error = self._classify(exception)
+        except Exception as failure:  # a classifier bug must not end the batch
+            error = transient("exception", f"{type(failure).__name__} while classifying")
+        if error.reason == "exception":
+            log.warning("%s: request raised %s", self.name, redact(str(error), self._secret))
+        return self._scrub(error)
+
+    def _scrub(self, error: BackendError) -> BackendError:
+        """The same error without the key in its detail, cut to a readable length."""
+        detail = redact(error.detail, self._secret)[:500]
+        if detail == error.detail:
+            return error
+        clean = type(error)(error.reason, detail)
+        if hasattr(error, "retry_after"):
+            clean.retry_after = error.retry_after  # type: ignore[attr-defined]
+        return clean
+
+
+def estimate_tokens(text: str, images: int, max_tokens: int) -> int:
+    """Tokens a request may use: about four characters a token, a flat cost per image and
+    the whole answer budget. Only for the tokens-per-minute limiter."""
+    return len(text) // 4 + images * IMAGE_TOKENS_ESTIMATE + max_tokens
+
+
+def unexpected(error: BaseException) -> BackendError:
+    """An exception nobody expected: retryable at the stage level (as `calls.py` treats a
+    raised exception), not at the transport level."""
+    return transient("exception", f"{type(error).__name__}: {error}")
