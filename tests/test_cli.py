@@ -111,3 +111,34 @@ def test_progress_bars_count_shards_per_stage(tmp_path, small_config):
     assert done.returncode == 0, done.stderr
     for stage in ("generate", "validate", "compose"):
         assert re.search(rf"{stage}: 100%.*2/2 .*items", done.stderr), stage
+
+
+def test_a_missing_key_stops_the_run_naming_the_variable(tmp_path, small_config):
+    import os
+
+    config = small_config(run={"prompts": 4})
+    config["models"]["designer"] = {
+        "backend": "gemini",
+        "model": "gemini-2.5-flash",
+        "api_key_env": "NHR_TEST_UNSET_KEY",
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != "NHR_TEST_UNSET_KEY"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nhr.cli",
+            "mine",
+            str(path),
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    check_usage_error(done, "NHR_TEST_UNSET_KEY")
