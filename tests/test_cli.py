@@ -142,3 +142,25 @@ def test_a_missing_key_stops_the_run_naming_the_variable(tmp_path, small_config)
         timeout=300,
     )
     check_usage_error(done, "NHR_TEST_UNSET_KEY")
+
+
+def test_status_of_a_run_being_mined(mined, tmp_path):
+    import shutil
+
+    run_dir, _ = mined
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "stages" / "export")
+    (copy / "stages" / "select" / "shard-00002.done.json").unlink()
+    miner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (copy / ".lock").write_text(str(miner.pid))
+        done = nhr("status", str(copy))
+    finally:
+        miner.kill()
+        miner.wait()
+    assert done.returncode == 0
+    assert f"mining (pid {miner.pid})" in done.stdout
+    assert re.search(r"select\s+3/4", done.stdout)
+    stopped = nhr("status", str(copy))
+    assert "stopped before the end" in stopped.stdout
