@@ -39,7 +39,8 @@ def _change(after: int, before: int) -> float | None:
     return after / before - 1.0 if before else None
 
 
-def survival_table(stats: dict[str, Any], threshold: float | None = None) -> list[dict[str, Any]]:
+def survival_table(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of (step, change, remaining, unit, reference change) from stats.json content."""
     rows = []
     generate = _stage(stats, "generate")
     gate = _stage(stats, "plausibility")
@@ -78,10 +79,9 @@ def survival_table(stats: dict[str, Any], threshold: float | None = None) -> lis
             )
         )
     if validate:
-        label = "validator" if threshold is None else "validator"
         rows.append(
             _row(
-                label,
+                "validator",
                 validate["rows_out"],
                 "candidates",
                 _change(validate["rows_out"], validate["rows_in"]),

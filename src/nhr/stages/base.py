@@ -6,6 +6,7 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Protocol
 
 from nhr.config import NhrConfig
@@ -84,7 +85,9 @@ def load_rgb(data: bytes):
         return np.asarray(image.convert("RGB"))
 
 
+@cache
 def template(name: str) -> str:
+    """A prompt template from the package (read once per process)."""
     from importlib.resources import files
 
     return files("nhr.prompts").joinpath(f"{name}.txt").read_text(encoding="utf-8")
