@@ -1,5 +1,10 @@
 """Readers shared by the tests: stage tables and the exported dataset of a run directory."""
 
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pyarrow.parquet as pq
 
 
@@ -24,3 +29,42 @@ def signature(run_dir):
         )
         for r in dataset_rows(run_dir)
     ]
+
+
+KILL_HARNESS = Path(__file__).with_name("kill_harness.py")
+
+
+def mine_command(config, run_dir) -> list[str]:
+    """`nhr mine CONFIG --run-dir RUN`, as a user types it, in this interpreter."""
+    return [
+        sys.executable,
+        "-m",
+        "nhr.cli",
+        "mine",
+        str(config),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    ]
+
+
+def kill_at_write(config, run_dir, pattern: str, occurrence: int) -> None:
+    """Mine and SIGKILL the process on the occurrence-th write whose path holds `pattern`."""
+    killed = subprocess.run(
+        [sys.executable, str(KILL_HARNESS), str(config), str(run_dir), pattern, str(occurrence)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+
+def finish(config, run_dir) -> None:
+    """Re-run the same command until it completes, as a user would."""
+    for _ in range(5):
+        done = subprocess.run(
+            mine_command(config, run_dir), capture_output=True, text=True, timeout=300
+        )
+        if done.returncode == 0:
+            return
+    raise AssertionError(done.stderr)

@@ -1,14 +1,9 @@
 """The request cache: a redo or a resume serves known answers from RUN/cache."""
 
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
 import yaml
 
 import nhr
-from helpers import signature
+from helpers import finish, kill_at_write, signature
 
 
 def stage(stats, name):
@@ -36,29 +31,7 @@ def test_kill_while_caching_then_resume(tmp_path, small_config):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(small_config(run={"request_cache": "on"})))
     nhr.mine(str(config), tmp_path / "reference")
-    harness = Path(__file__).with_name("kill_harness.py")
     run_dir = tmp_path / "run"
-    killed = subprocess.run(
-        [sys.executable, str(harness), str(config), str(run_dir), "/cache/", "60"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nhr.cli",
-            "mine",
-            str(config),
-            "--run-dir",
-            str(run_dir),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    kill_at_write(config, run_dir, "/cache/", 60)
+    finish(config, run_dir)
     assert signature(run_dir) == signature(tmp_path / "reference")

@@ -2,17 +2,13 @@
 
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 import nhr
-from helpers import signature
-
-HARNESS = Path(__file__).with_name("kill_harness.py")
+from helpers import finish, kill_at_write, mine_command, signature
 
 
 @pytest.fixture(scope="module")
@@ -22,29 +18,6 @@ def setup(tmp_path_factory, small_config):
     config.write_text(yaml.safe_dump(small_config()))
     nhr.mine(str(config), root / "reference")
     return config, signature(root / "reference")
-
-
-def finish(config, run_dir):
-    """Re-run the same command until it completes, as a user would."""
-    for _ in range(5):
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "nhr.cli",
-                "mine",
-                str(config),
-                "--run-dir",
-                str(run_dir),
-                "--no-progress",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if done.returncode == 0:
-            return
-    raise AssertionError(done.stderr)
 
 
 @pytest.mark.parametrize(
@@ -61,13 +34,7 @@ def finish(config, run_dir):
 def test_kill_at_a_write_then_resume(setup, tmp_path, pattern, occurrence):
     config, reference = setup
     run_dir = tmp_path / "run"
-    killed = subprocess.run(
-        [sys.executable, str(HARNESS), str(config), str(run_dir), pattern, str(occurrence)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    kill_at_write(config, run_dir, pattern, occurrence)
     finish(config, run_dir)
     assert signature(run_dir) == reference
 
@@ -84,16 +51,7 @@ def test_kill_at_random_moments_then_resume(setup, tmp_path, small_config):
     run_dir = tmp_path / "run"
     for delay in (1.2, 1.9, 2.6, 3.3):
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "nhr.cli",
-                "mine",
-                str(config),
-                "--run-dir",
-                str(run_dir),
-                "--no-progress",
-            ],
+            mine_command(config, run_dir),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
