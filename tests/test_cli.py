@@ -57,10 +57,22 @@ def test_unparseable_yaml(tmp_path):
     check_usage_error(nhr("mine", str(path), "--run-dir", str(tmp_path / "r")), "not valid YAML")
 
 
-def test_unknown_backend(tmp_path):
+def test_unknown_backend(tmp_path, small_config):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"models": {"validator": {"backend": "skynet"}}}))
+    path.write_text(yaml.safe_dump(small_config(models={"validator": {"backend": "skynet"}})))
     check_usage_error(nhr("mine", str(path), "--run-dir", str(tmp_path / "r")), "models.validator")
+
+
+def test_a_missing_role_or_an_empty_config_is_a_usage_error(tmp_path, small_config):
+    config = small_config()
+    del config["models"]["inverter"]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = nhr("mine", str(path), "--run-dir", str(tmp_path / "r"))
+    check_usage_error(done, "models.inverter: missing; every role needs a model")
+    path.write_text("# nothing but a comment\n")
+    check_usage_error(nhr("mine", str(path), "--run-dir", str(tmp_path / "r")), "is empty")
+    assert not (tmp_path / "r").exists()
 
 
 def test_status_of_a_finished_run(mined):
@@ -164,3 +176,8 @@ def test_status_of_a_run_being_mined(mined, tmp_path):
     assert re.search(r"select\s+3/4", done.stdout)
     stopped = nhr("status", str(copy))
     assert "stopped before the end" in stopped.stdout
+
+
+def test_verify_is_a_command():
+    done = nhr("verify", "--help")
+    assert done.returncode == 0 and "run_dir" in done.stdout

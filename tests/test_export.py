@@ -62,3 +62,65 @@ def test_export_round_trips_the_released_triplets(mined, small_config):
             row["img_width"],
             row["img_height"],
         )
+
+
+@pytest.mark.parametrize("damage", ["truncated release table", "deleted image"])
+def test_export_of_a_damaged_run_keeps_the_old_dataset(mined, tmp_path, small_config, damage):
+    """`nhr export` fails with one line naming the file, before touching anything: the
+    completion marker and the dataset of the last export stay (it used to remove the marker
+    first, so `nhr mine` failed afterwards too)."""
+    import shutil
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(mined[0], run_dir)
+    release = release_stage(parse_config(small_config()))
+    if damage == "truncated release table":
+        path = run_dir / "stages" / release / "shard-00001.parquet"
+        path.write_bytes(path.read_bytes()[:300])
+    else:
+        digest = next(r for r in table_rows(run_dir, release) if r["status"] == "ok")[
+            "edited_image"
+        ]
+        path = run_dir / "images" / digest[:2] / f"{digest}.png"
+        path.unlink()
+    marker = (run_dir / "stages" / "export" / "_SUCCESS.json").read_bytes()
+    before = dataset_rows(run_dir)
+    done = subprocess.run(
+        [sys.executable, "-m", "nhr.cli", "export", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"nhr: error: {path}: ")
+    assert (run_dir / "stages" / "export" / "_SUCCESS.json").read_bytes() == marker
+    assert dataset_rows(run_dir) == before
+
+
+def test_a_full_disk_during_export_keeps_the_old_dataset(mined, tmp_path, monkeypatch, capsys):
+    import errno
+    import shutil
+
+    import nhr.stages.export as export
+    from nhr.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(mined[0], run_dir)
+    before = dataset_rows(run_dir)
+
+    class FullDiskWriter(export.pq.ParquetWriter):
+        def write_table(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")  # as pyarrow: no file name
+
+    monkeypatch.setattr(export.pq, "ParquetWriter", FullDiskWriter)
+    assert main(["export", str(run_dir)]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"nhr: error: {run_dir / 'dataset'}: No space left on device — free some disk space, "
+        "then run the same command again to resume\n"
+    )
+    assert dataset_rows(run_dir) == before
+    assert not list(run_dir.glob(".dataset-*"))

@@ -39,15 +39,20 @@ def test_kill_at_a_write_then_resume(setup, tmp_path, pattern, occurrence):
     assert signature(run_dir) == reference
 
 
-def test_kill_at_random_moments_then_resume(setup, tmp_path, small_config):
-    _, reference = setup
-    # The same run, slowed down by simulated model latency (which changes no output), so the
-    # kills land while it is working.
+def slow_config(small_config, tmp_path):
+    """The same run, slowed down by simulated model latency (which changes no output), so a
+    signal lands while it is working."""
     slow = small_config()
     for role in slow["models"].values():
         role.setdefault("faults", {})["latency_s"] = 0.02
     config = tmp_path / "slow.yaml"
     config.write_text(yaml.safe_dump(slow))
+    return config
+
+
+def test_kill_at_random_moments_then_resume(setup, tmp_path, small_config):
+    _, reference = setup
+    config = slow_config(small_config, tmp_path)
     run_dir = tmp_path / "run"
     for delay in (1.2, 1.9, 2.6, 3.3):
         process = subprocess.Popen(
@@ -61,3 +66,24 @@ def test_kill_at_random_moments_then_resume(setup, tmp_path, small_config):
     finish(config, run_dir)
     assert signature(run_dir) == reference
     assert not list(run_dir.rglob("*.tmp"))  # partial files were cleaned up on resume
+
+
+def test_sigterm_is_handled_like_ctrl_c(setup, tmp_path, small_config):
+    """A scheduler's SIGTERM: the lock is released, one line says how to resume, exit 143."""
+    fast_config, reference = setup
+    config = slow_config(small_config, tmp_path)
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        mine_command(config, run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not (run_dir / "stages" / "generate").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    stderr = process.stderr.read()
+    assert "nhr: interrupted; run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    assert not (run_dir / ".lock").exists()
+    finish(fast_config, run_dir)  # simulated latency changes no output: resume without it
+    assert signature(run_dir) == reference

@@ -31,8 +31,18 @@ def mine(
     *,
     redo_from: str | None = None,
     progress: bool = False,
+    preflight: bool = True,
 ) -> MineResult:
-    """Mine (or resume) a run. `config` is a YAML path, a dict or an `NhrConfig`."""
+    """Mine (or resume) a run. `config` is a YAML path, a dict or an `NhrConfig`.
+
+    `preflight` first checks every role's extra, key and server (`nhr.preflight`) and raises
+    `nhr.preflight.PreflightError` listing what to fix, before any stage runs.
+
+    A backend that breaks mid-run (the first `retry.stop_after_failures` items a stage sends
+    to one model all fail for the same reason) raises `nhr.calls.BrokenBackendError`; finished
+    shards are kept and calling `mine` again resumes. A run that finishes but releases no
+    triplet returns normally (the CLI exits 3): `result.stats["dataset"]["rows"]` is 0 and
+    each stage's `failed` and `dropped` counters say why."""
     from nhr.config import ConfigError, NhrConfig, parse_config
     from nhr.executors.local import LocalExecutor, prepare_run_dir
     from nhr.lock import RunLock
@@ -50,6 +60,10 @@ def mine(
     if not run_dir:
         raise ConfigError("no run directory: set run.run_dir in the config or pass --run-dir")
     config = config.model_copy(update={"run": config.run.model_copy(update={"run_dir": None})})
+    if preflight:
+        from nhr.preflight import run_preflight
+
+        run_preflight(config)
     store = RunStore(run_dir)
     with RunLock(store.root):  # one miner per run directory
         prepare_run_dir(store, config, redo_from)

@@ -8,19 +8,74 @@ kept once, in the run's image store; the cache holds their digests.
 
 Because a request carries its seed, a cached answer is exactly what the model would be asked
 for again; to draw new samples, change the run seed.
+
+The key is the SHA-256 (hex) of one canonical JSON document (UTF-8, keys sorted, no spaces,
+non-ASCII kept as is):
+
+    {"backend": info.backend, "model": info.model, "params": info.params,
+     "method": "chat" | "ask" | "generate" | "edit", "version": CACHE_VERSION,
+     "request": {"type": "TextRequest", "fields": [[name, value], ...]}}
+
+`fields` lists the request dataclass's fields in declaration order; inside values, bytes
+(images) become {"sha256": hex digest}, tuples and lists JSON arrays, nested dataclasses
+{"type": name, "fields": [...]} again, floats JSON numbers in their shortest round-trip form
+(Python's `repr`; a float with an integral value as that integer, since 0 and 0.0 make equal
+requests), and None null. `params` values of other types are written as their `str`. The same
+request built anywhere, in any process, gets the same key. A change of this format bumps
+CACHE_VERSION: old entries are then simply not found.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from nhr.backends.base import BackendError
-from nhr.store import ImageStore, atomic_write_bytes
+from nhr.store import DamagedImageError, ImageStore, atomic_write_bytes
+
+CACHE_VERSION = 2  # 1: keys over pickled requests
+
+
+def _canonical(value: Any, strict: bool = True) -> Any:
+    """A JSON-ready form of a request value that depends only on its content."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            "type": type(value).__name__,
+            "fields": [
+                [f.name, _canonical(getattr(value, f.name), strict)]
+                for f in dataclasses.fields(value)
+            ],
+        }
+    if isinstance(value, (bytes, bytearray)):
+        return {"sha256": hashlib.sha256(value).hexdigest()}
+    if isinstance(value, (tuple, list)):
+        return [_canonical(item, strict) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _canonical(item, strict) for key, item in value.items()}
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value  # json writes floats with repr: the shortest form that round-trips
+    if not strict:
+        return str(value)
+    # a type without a canonical form could make two different requests share a key
+    raise TypeError(f"no canonical form for {type(value).__name__} in a model request")
+
+
+def request_key(identity: dict[str, Any], method: str, request: Any) -> str:
+    """The cache key of one request (format in the module docstring)."""
+    document = {
+        **identity,
+        "method": method,
+        "version": CACHE_VERSION,
+        "request": _canonical(request),
+    }
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class CachedBackend:
@@ -31,11 +86,11 @@ class CachedBackend:
         self.root = root
         self.images = images
         info = backend.info()
-        self._identity = json.dumps(
-            {"backend": info.backend, "model": info.model, "params": info.params},
-            sort_keys=True,
-            default=str,
-        ).encode("utf-8")
+        self._identity = {
+            "backend": info.backend,
+            "model": info.model,
+            "params": _canonical(dict(info.params), strict=False),
+        }
         self.hits = 0
 
     def info(self):
@@ -59,23 +114,22 @@ class CachedBackend:
         return self._cached("edit", requests, self.backend.edit)
 
     def _key(self, method: str, request: Any) -> str:
-        digest = hashlib.sha256(self._identity)
-        digest.update(method.encode("utf-8"))
-        digest.update(pickle.dumps(request, protocol=4))
-        return digest.hexdigest()
+        return request_key(self._identity, method, request)
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
 
     def _load(self, key: str) -> Any:
         path = self._path(key)
-        if not path.exists():
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            if entry["type"] == "image":
+                return self.images.get(entry["value"])
+            return entry["value"]
+        except FileNotFoundError:
             return None
-        entry = json.loads(path.read_text(encoding="utf-8"))
-        if entry["type"] == "image":
-            image = self.images.path(entry["value"])
-            return image.read_bytes() if image.exists() else None
-        return entry["value"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, DamagedImageError):
+            return None  # a damaged entry or image is a miss: the model is asked again
 
     def _save(self, key: str, answer: Any) -> None:
         if isinstance(answer, bytes):

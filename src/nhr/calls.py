@@ -1,21 +1,37 @@
 """Calling a backend in batches, with retries, without letting one bad item stop a run.
 
 Every stage calls its model through `call_model`. It splits requests into batches, retries
-retryable errors (timeouts, rate limits, 5xx) with exponential backoff and jitter, honours a
-server's Retry-After, re-asks when an answer cannot be parsed, and returns one entry per
-request: the (parsed) output or a `Failure` with its reason. It never raises for a model
-problem; the stage turns failures into rows with status `failed`.
+retryable errors with exponential backoff and jitter, honours a server's Retry-After, re-asks
+when an answer cannot be parsed, and returns one entry per request: the (parsed) output or a
+`Failure` with its reason. The stage turns failures into rows with status `failed`.
+
+Two budgets, never stacked:
+
+- Retries of a failed call. Exactly one layer retries an error. API backends (openai, gemini)
+  retry their transport errors (429, 5xx, timeouts, connection errors, broken or empty
+  answers) themselves, at most `models.<role>.limits.max_retries` times, so one call costs at
+  most `max_retries + 1` HTTP requests; those errors come back marked exhausted and are not
+  retried here. Here, `retry.max_attempts` bounds the tries of every other retryable error:
+  those of backends that do not retry themselves (sim, diffusers, transformers) and raised
+  exceptions.
+- Re-asks of an answer that cannot be parsed: at most `retry.unparseable_attempts` answers per
+  item, each re-ask a new call with its own retry budget.
+
+A model problem never raises, with one exception: when the first `retry.stop_after_failures`
+items a stage sends to one model all fail for the same reason, the backend is broken (server
+down, wrong key, a timeout too short) and `BrokenBackendError` stops the run, instead of
+marking every item of the run failed.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from nhr.backends.api import backoff_delay, is_exhausted
 from nhr.backends.base import BackendError, BackendSetupError, MissingExtraError
 from nhr.config import RetrySection
 from nhr.parsing import ParseError
@@ -34,6 +50,128 @@ class Failure:
     detail: str = ""
 
 
+# What to check when a model keeps failing for a reason ({role} and {model} are filled in).
+BROKEN_BACKEND_HINTS = {
+    "timeout": "is the server up and answering in time? If its answers are just slow, raise "
+    "models.{role}.limits.timeout_s",
+    "connection": "is the server running, and is models.{role}.base_url right?",
+    "server_error": "the server answers with errors (HTTP 5xx): check its logs and that it "
+    "serves {model}",
+    "rate_limited": "the server keeps answering 429: lower models.{role}.limits.max_concurrency "
+    "or requests_per_minute, or check your plan's limits",
+    "quota": "the account's quota is used up",
+    "auth": "is the API key (in the variable models.{role}.api_key_env names) valid here?",
+    "not_found": "does the server serve {model}? (`nhr doctor CONFIG` lists what it serves)",
+    "bad_request": "the server rejects the requests: check the options of models.{role}",
+    "malformed_response": "is models.{role}.base_url an OpenAI-compatible endpoint, and does "
+    "{model} answer this kind of request?",
+    "unparseable": "does {model} follow the prompt's answer format? Try a stronger model",
+    "exception": "the backend raised an error; run with -v to see it",
+}
+
+
+class BrokenBackendError(RuntimeError):
+    """The first items a stage sent to a model all failed for the same reason. Shards that
+    were finished keep their markers; the shard in progress is not marked, so running the
+    same command again resumes once the backend is fixed."""
+
+    def __init__(self, stage: str, role: str, model: str, reason: str, count: int, detail: str):
+        hint = BROKEN_BACKEND_HINTS.get(reason, "check models.{role} and its server")
+        sample = f' (e.g. "{detail[:160]}")' if detail else ""
+        super().__init__(
+            f"stage '{stage}' stopped: the first {count} items sent to the {role} model "
+            f"({model}) all failed with {reason}{sample}. Check: "
+            + hint.format(role=role, model=model)
+            + ". Finished work is kept; run the same command again to resume."
+        )
+        self.stage, self.role, self.model, self.reason = stage, role, model, reason
+
+
+@dataclass
+class _Streak:
+    reason: str
+    count: int
+    detail: str
+
+
+class FailureWatch:
+    """Stops a stage whose first `limit` items sent to one model role all failed for the same
+    reason (after every retry). One watch lives for a whole stage run, across its shards; a
+    success or another reason disarms it for that role. `limit` 0 never stops."""
+
+    def __init__(self, stage: str, limit: int) -> None:
+        self.stage = stage
+        self.limit = limit
+        self._streaks: dict[str, _Streak | None] = {}  # None: disarmed
+
+    def record(self, role: str, backend: Any, outcomes: Iterable[Any]) -> None:
+        if self.limit <= 0:
+            return
+        for outcome in outcomes:
+            streak = self._streaks.get(role, _Streak("", 0, ""))
+            if streak is None:
+                return
+            failed = isinstance(outcome, Failure)
+            if not failed or (streak.count > 0 and outcome.reason != streak.reason):
+                self._streaks[role] = None
+                return
+            streak = _Streak(outcome.reason, streak.count + 1, streak.detail or outcome.detail)
+            self._streaks[role] = streak
+            if streak.count >= self.limit:
+                raise BrokenBackendError(
+                    self.stage,
+                    role,
+                    _model_label(backend),
+                    streak.reason,
+                    streak.count,
+                    streak.detail,
+                )
+
+    def undecided(self) -> bool:
+        """True while some role has had only failures so far, too few yet to judge. Work
+        finished meanwhile is not worth keeping if the backend turns out broken."""
+        return any(streak is not None and streak.count for streak in self._streaks.values())
+
+
+class WatchedBackend:
+    """A backend as a stage sees it (`StageContext.backend`): the same methods, and
+    `call_model` reports each item's final outcome to the stage's `FailureWatch`."""
+
+    def __init__(self, backend: Any, role: str, watch: FailureWatch) -> None:
+        self.backend = backend
+        self.role = role
+        self.watch = watch
+
+    def chat(self, requests: Sequence[Any]) -> list[Any]:
+        return self.backend.chat(requests)
+
+    def ask(self, requests: Sequence[Any]) -> list[Any]:
+        return self.backend.ask(requests)
+
+    def generate(self, requests: Sequence[Any]) -> list[Any]:
+        return self.backend.generate(requests)
+
+    def edit(self, requests: Sequence[Any]) -> list[Any]:
+        return self.backend.edit(requests)
+
+    def info(self) -> Any:
+        return self.backend.info()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    def report(self, outcomes: list[Any]) -> None:
+        self.watch.record(self.role, self.backend, outcomes)
+
+
+def _model_label(backend: Any) -> str:
+    try:
+        info = backend.info()
+        return f"{info.model}, backend {info.backend}"
+    except Exception:  # only for a message
+        return type(backend).__name__
+
+
 def call_model(
     method: Callable[[Sequence[Request]], Sequence[Any]],
     requests: Sequence[Request],
@@ -47,7 +185,13 @@ def call_model(
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Any]:
     """`reask(request, n)` gives the request to send after the n-th unparseable answer (say,
-    sampled with a new seed), since re-sending a greedy request usually repeats the answer."""
+    sampled with a new seed), since re-sending a greedy request usually repeats the answer.
+
+    When `method` belongs to a `WatchedBackend`, each item's final outcome is reported to its
+    watch, which raises `BrokenBackendError` for a broken backend."""
+    watched = getattr(method, "__self__", None)
+    if not isinstance(watched, WatchedBackend):
+        watched = None
     results: list[Any] = [None] * len(requests)
     reasked: dict[int, Any] = {}
     errors_seen = [0] * len(requests)
@@ -57,40 +201,54 @@ def call_model(
     wait_hint = 0.0
     while pending:
         if round_number:
-            sleep(_backoff(retry, round_number, wait_hint))
+            sleep(backoff_delay(round_number, retry.backoff_s, retry.max_backoff_s, wait_hint))
         wait_hint = 0.0
         retry_next: list[int] = []
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
             outputs = _call_batch(method, [reasked.get(i) or requests[i] for i in chunk], stats)
+            finished: list[Any] = []
             for index, output in zip(chunk, outputs):
                 if isinstance(output, BackendError):
                     errors_seen[index] += 1
-                    if output.retryable and errors_seen[index] < retry.max_attempts:
+                    if _retried_here(output) and errors_seen[index] < retry.max_attempts:
                         retry_next.append(index)
+                        stats.retries_by_cause[output.reason] += 1
                         wait_hint = max(wait_hint, getattr(output, "retry_after", None) or 0.0)
                     else:
                         results[index] = Failure(output.reason, output.detail[:300])
+                        finished.append(results[index])
                     continue
                 if parse is None:
                     results[index] = output
+                    finished.append(output)
                     continue
                 try:
                     results[index] = parse(output)
+                    finished.append(results[index])
                 except ParseError as error:
                     parse_failures[index] += 1
                     if parse_failures[index] < retry.unparseable_attempts:
                         retry_next.append(index)
+                        stats.retries_by_cause["unparseable"] += 1
                         if reask is not None:
                             reasked[index] = reask(requests[index], parse_failures[index])
                     else:
                         results[index] = Failure(error.reason, str(error)[:300])
+                        finished.append(results[index])
             if on_done is not None:
                 on_done(sum(1 for i in chunk if results[i] is not None))
+            if watched is not None:
+                watched.report(finished)
         stats.retries += len(retry_next)
         pending = sorted(retry_next)
         round_number += 1
     return results
+
+
+def _retried_here(error: BackendError) -> bool:
+    """Retryable, and not already retried by its backend (the budget is spent there)."""
+    return error.retryable and not is_exhausted(error)
 
 
 def _call_batch(method: Callable, batch: list, stats: StageStats) -> list[Any]:
@@ -115,12 +273,6 @@ def _call_batch(method: Callable, batch: list, stats: StageStats) -> list[Any]:
     stats.model_calls += len(batch)
     stats.model_batches += 1
     return outputs
-
-
-def _backoff(retry: RetrySection, round_number: int, server_hint: float) -> float:
-    delay = min(retry.max_backoff_s, retry.backoff_s * 2 ** (round_number - 1))
-    delay *= 0.5 + random.random()  # jitter, so many workers do not retry in lockstep
-    return max(delay, server_hint)
 
 
 class LazyRequests(Sequence):

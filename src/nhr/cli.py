@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_NOTHING_MINED = 3  # a backend broke mid-run, or the run released no triplet
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--redo-from", metavar="STAGE", help="recompute this stage and every stage after it"
     )
     mine.add_argument("--no-progress", action="store_true", help="no progress bars")
+    mine.add_argument(
+        "--skip-preflight",
+        action="store_true",
+        help="do not check extras, keys and servers before mining",
+    )
 
     status = commands.add_parser("status", help="where a running or finished run stands")
     status.add_argument("run_dir")
@@ -50,6 +56,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="write RUN/dataset again from the stage tables")
     export.add_argument("run_dir")
+
+    verify = commands.add_parser(
+        "verify", help="check every table, image and the dataset of a run (exit 1 on damage)"
+    )
+    verify.add_argument("run_dir")
     return parser
 
 
@@ -66,11 +77,39 @@ def _mine(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or config.run.run_dir
     if not run_dir:
         raise _UsageError("no run directory: pass --run-dir or set run.run_dir in the config")
-    result = nhr.mine(config, run_dir, redo_from=args.redo_from, progress=not args.no_progress)
+    result = nhr.mine(
+        config,
+        run_dir,
+        redo_from=args.redo_from,
+        progress=not args.no_progress,
+        preflight=not args.skip_preflight,
+    )
     dataset = result.stats["dataset"] or {}
     print(f"mined {dataset.get('rows', 0)} triplets into {result.run_dir / 'dataset'}")
     print(f"stage statistics: {result.run_dir / 'report' / 'stats.json'}")
+    if dataset.get("rows", 0) == 0:
+        print(_nothing_mined(result.stats), file=sys.stderr)
+        return EXIT_NOTHING_MINED
     return 0
+
+
+def _nothing_mined(stats: dict) -> str:
+    """Why a finished run released nothing: the top failure and drop reasons per stage."""
+    from nhr.stats import top_reasons
+
+    lines = ["nhr: error: the run finished but released no triplet; top reasons per stage:"]
+    for stage in stats["stages"]:
+        reasons = top_reasons(stage)
+        if reasons:
+            shown = ", ".join(f"{name} x{count}" for name, count in reasons)
+            lines.append(f"  {stage['stage']}: {shown} (of {stage['rows_in']} in)")
+    failing = [stage["stage"] for stage in stats["stages"] if any(stage["failed"].values())]
+    if failing:
+        lines.append(
+            "Failed items stay failed on a plain rerun: once the cause is fixed, run again "
+            f"with --redo-from {failing[0]}."
+        )
+    return "\n".join(lines)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -130,14 +169,54 @@ def _export(args: argparse.Namespace) -> int:
     if not shards or not all(store.is_done(release, s) for s in range(shards)):
         raise _UsageError(f"the run has not finished '{release}' yet; finish it with `nhr mine`")
     with RunLock(store.root):
-        store.clear_stage("export")
-        result = executor.run()
+        # the old dataset and its marker stay until the new dataset is complete
+        result = executor.run(reexport=True)
     print(f"exported {result.stats['dataset']['rows']} triplets to {store.root / 'dataset'}")
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from nhr.verify import render_verify
+
+    text, status = render_verify(Path(args.run_dir))
+    print(text)
+    return status
+
+
 class _UsageError(Exception):
     pass
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping the job, `kill`): unwound like Ctrl-C, so the lock is
+    released and every file is either whole or absent."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
+# What to do about an OSError on a run's files, by errno; other OSErrors are bugs (traceback).
+_OS_ADVICE = {
+    "ENOSPC": "free some disk space, then run the same command again to resume",
+    "EDQUOT": "free some space within your quota, then run the same command again to resume",
+    "EACCES": "make it writable by this user, or pass another --run-dir",
+    "EPERM": "make it writable by this user, or pass another --run-dir",
+    "EROFS": "the file system is read-only: pass a --run-dir on a writable disk",
+    "ENOTDIR": "a part of this path is a file: pass a --run-dir that is a directory",
+    "EISDIR": "this path is a directory where nhr expected a file: move it away",
+    "EEXIST": "a file is in the way: pass a --run-dir that is a directory",
+}
+
+
+def _os_error_message(error: OSError) -> str | None:
+    import errno
+
+    advice = _OS_ADVICE.get(errno.errorcode.get(error.errno or 0, ""))
+    if advice is None:
+        return None
+    where = f"{error.filename}: " if error.filename is not None else ""
+    return f"{where}{error.strerror or error} — {advice}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,17 +231,32 @@ def main(argv: list[str] | None = None) -> int:
         "report": _report,
         "doctor": _doctor,
         "export": _export,
+        "verify": _verify,
     }
+    import signal
+    import threading
+
+    # signal handlers can only be set from the main thread (main() may run in another)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return handlers[args.command](args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("nhr: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return 143 if isinstance(interrupt, _Terminated) else 130
+    except OSError as error:
+        message = _os_error_message(error)
+        if message is None:
+            raise
+        print(f"nhr: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as error:  # only the errors a user can act on are turned into messages
         from nhr.backends.base import BackendSetupError, MissingExtraError
         from nhr.config import ConfigError
         from nhr.executors.local import RunConfigError
         from nhr.lock import RunLockedError
+        from nhr.preflight import PreflightError
+        from nhr.store import RunDirError
 
         actionable = (
             ConfigError,
@@ -171,11 +265,21 @@ def main(argv: list[str] | None = None) -> int:
             _UsageError,
             BackendSetupError,
             MissingExtraError,
+            PreflightError,
+            RunDirError,
         )
         if isinstance(error, actionable):
             print(f"nhr: error: {error}", file=sys.stderr)
             return EXIT_USAGE
+        from nhr.calls import BrokenBackendError
+
+        if isinstance(error, BrokenBackendError):
+            print(f"nhr: error: {error}", file=sys.stderr)
+            return EXIT_NOTHING_MINED
         raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":

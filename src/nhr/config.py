@@ -1,12 +1,19 @@
 """The typed run configuration: YAML in, validated pydantic model out.
 
-Every section is strict (unknown keys are errors) so a typo never silently falls back to a
-default. `ConfigError` carries a message that names the key path and what was expected; the
-CLI prints it and exits with status 2.
+Every section is strict (unknown keys are errors, and values must have their type: "12" is
+not a number, "yes" not a boolean) so a typo never silently falls back to a default. Every model
+role must be given (`models: sim` for an all-simulator run). `ConfigError` carries a message
+that names the key path and what was expected; the CLI prints it and exits with status 2.
+
+Every field says what it changes (`affects(stage)`, `affects_role()` or `operational()`, from
+nhr.backends.configs): nhr.pipeline.config_changes refuses to resume a run whose config differs
+in a setting that changes rows already mined.
 """
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,10 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nhr import taxonomy
 from nhr.backends.configs import (
+    OPERATIONAL,
     DiffusersBackendConfig,
     GeminiBackendConfig,
     OpenAIBackendConfig,
     TransformersBackendConfig,
+    affects,
+    effect_of,
+    operational,
 )
 from nhr.backends.sim.config import SimBackendConfig
 
@@ -28,7 +39,9 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: YAML already types its values, so "12" for a number or "yes" for a boolean is a
+    # mistake to report, not to coerce (an int where a float is expected is still fine)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # One entry per backend family; pydantic picks the class from the `backend` key. New families
@@ -44,27 +57,48 @@ ModelConfig = Annotated[
 
 
 class RunSection(_Section):
-    seed: int = Field(0, description="master seed; every id and model seed derives from it")
-    prompts: int = Field(64, ge=1, description="number of text-to-image prompts to design")
-    shard_size: int = Field(8, ge=1, description="prompts per shard (unit of work and resume)")
-    run_dir: str | None = Field(None, description="run directory; --run-dir overrides it")
+    seed: int = Field(
+        0,
+        description="master seed; every id and model seed derives from it",
+        json_schema_extra=affects("design"),
+    )
+    prompts: int = Field(
+        64,
+        ge=1,
+        description="number of text-to-image prompts to design",
+        json_schema_extra=affects("design"),
+    )
+    shard_size: int = Field(
+        8,
+        ge=1,
+        description="prompts per shard (unit of work and resume)",
+        json_schema_extra=affects("design"),
+    )
+    run_dir: str | None = Field(
+        None,
+        description="run directory; --run-dir overrides it",
+        json_schema_extra=operational(),
+    )
     request_cache: Literal["auto", "on", "off"] = Field(
         "auto",
         description="keep model answers in RUN/cache so a crash or a redo never pays twice; "
         "auto: for API backends (openai, gemini), where calls cost money",
+        json_schema_extra=operational(),  # a cached answer is the answer the call gave
     )
 
 
 class BriefSection(_Section):
-    topic: str = "everyday scenes, objects and places"
+    topic: str = Field("everyday scenes, objects and places", json_schema_extra=affects("design"))
     styles: list[str] = Field(
-        default_factory=lambda: ["photo", "flat illustration", "anime", "oil painting", "sketch"]
+        default_factory=lambda: ["photo", "flat illustration", "anime", "oil painting", "sketch"],
+        json_schema_extra=affects("design"),
     )
     operations: list[str] | dict[str, int] = Field(
         default_factory=lambda: ["remove_object", "add_object", "change_color"],
         min_length=1,
         description="operation keys from nhr.taxonomy, or a mapping key -> weight; design "
         "batches cycle through them, an operation of weight w getting w batches per cycle",
+        json_schema_extra=affects("design"),
     )
 
     @field_validator("operations")
@@ -90,29 +124,76 @@ class BriefSection(_Section):
 
 
 class ModelsSection(_Section):
-    designer: ModelConfig = Field(default_factory=SimBackendConfig)
-    generator: ModelConfig = Field(default_factory=SimBackendConfig)
-    gate: ModelConfig = Field(default_factory=SimBackendConfig)
-    editor: ModelConfig = Field(default_factory=SimBackendConfig)
-    prefilter: ModelConfig = Field(default_factory=SimBackendConfig)
-    validator: ModelConfig = Field(default_factory=SimBackendConfig)
-    inverter: ModelConfig = Field(default_factory=SimBackendConfig)
+    """One model per role, no defaults: a real config that forgot a role must not mine it with
+    the simulator. `models: sim` is the shorthand for the simulator in every role. What a
+    role's settings change is written in its backend family's config class."""
+
+    designer: ModelConfig
+    generator: ModelConfig
+    gate: ModelConfig
+    editor: ModelConfig
+    prefilter: ModelConfig
+    validator: ModelConfig
+    inverter: ModelConfig
+
+
+ROLES: tuple[str, ...] = tuple(ModelsSection.model_fields)
+ALL_SIM = "sim"  # `models: sim`
 
 
 class RetrySection(_Section):
-    max_attempts: int = Field(4, ge=1, description="tries per item for retryable errors")
-    backoff_s: float = Field(1.0, ge=0, description="first backoff; doubles each retry")
-    max_backoff_s: float = Field(60.0, ge=0)
+    """Retrying one item in `call_model`. Operational: a retry resends the same deterministic
+    request (the n-th re-ask of an unparseable answer is always the same request), so more or
+    fewer tries only decide whether an item ends with the answer that request gives or as a
+    failure; an answer already written never changes. On a resume, rows that already failed
+    stay failed unless their stage is redone (`--redo-from`)."""
+
+    max_attempts: int = Field(
+        4,
+        ge=1,
+        description="tries per item for retryable errors of backends that do not retry "
+        "themselves (sim, diffusers, transformers) and raised exceptions; API backends use "
+        "models.<role>.limits.max_retries",
+        json_schema_extra=operational(),
+    )
+    backoff_s: float = Field(
+        1.0,
+        ge=0,
+        description="first backoff; doubles each retry",
+        json_schema_extra=operational(),
+    )
+    max_backoff_s: float = Field(60.0, ge=0, json_schema_extra=operational())
     unparseable_attempts: int = Field(
-        3, ge=1, description="tries per item when the model answer cannot be parsed"
+        3,
+        ge=1,
+        description="tries per item when the model answer cannot be parsed",
+        json_schema_extra=operational(),
+    )
+    stop_after_failures: int = Field(
+        20,
+        ge=0,
+        description="stop the run when the first this many items a stage sends to a model all "
+        "fail for the same reason (a broken backend); 0: never stop",
+        json_schema_extra=operational(),
     )
 
 
 class DesignSection(_Section):
-    batch_size: int = Field(50, ge=1, description="items requested per LLM call (B)")
-    temperature: float = Field(1.0, ge=0)
+    """B is written into the design prompt ("write B items"), so unlike every other stage's
+    batch size it changes the prompts."""
+
+    batch_size: int = Field(
+        50,
+        ge=1,
+        description="items requested per LLM call (B)",
+        json_schema_extra=affects("design"),
+    )
+    temperature: float = Field(1.0, ge=0, json_schema_extra=affects("design"))
     max_batches: int | None = Field(
-        None, ge=1, description="stop after this many calls even if short of prompts"
+        None,
+        ge=1,
+        description="stop after this many calls even if short of prompts",
+        json_schema_extra=affects("design"),
     )
 
 
@@ -127,10 +208,36 @@ def _default_buckets() -> list[tuple[int, int]]:
     ]
 
 
+# Batch sizes of every stage but design are operational: each backend answers a row from its
+# own request and seed whatever its batch mates (diffusers: one generator per row;
+# transformers: one sampler per row; APIs and the simulator: one request per row), and
+# call_model retries item by item. (Batched GPU kernels may differ in the last bits.)
+def _batch_size(default: int) -> Any:
+    return Field(
+        default, ge=1, description="items per backend call", json_schema_extra=operational()
+    )
+
+
 class GenerateSection(_Section):
-    images_per_prompt: int = Field(10, ge=1, description="N source images (seeds) per prompt")
-    buckets: list[tuple[int, int]] = Field(default_factory=_default_buckets)
-    batch_size: int = Field(4, ge=1)
+    images_per_prompt: int = Field(
+        10,
+        ge=1,
+        description="N source images (seeds) per prompt",
+        json_schema_extra=affects("generate"),
+    )
+    buckets: list[tuple[int, int]] = Field(
+        default_factory=_default_buckets, json_schema_extra=affects("generate")
+    )
+    batch_size: int = _batch_size(4)
+
+    @field_validator("buckets", mode="before")
+    @classmethod
+    def _buckets_from_lists(cls, value: Any) -> Any:
+        """YAML (and RUN/config.yaml) writes a bucket as a list [w, h]; strict mode wants the
+        tuple the field is typed as."""
+        if isinstance(value, list):
+            return [tuple(item) if isinstance(item, list) else item for item in value]
+        return value
 
     @field_validator("buckets")
     @classmethod
@@ -144,114 +251,189 @@ class GenerateSection(_Section):
 
 
 class PlausibilitySection(_Section):
-    enabled: bool = True
-    batch_size: int = Field(8, ge=1)
+    enabled: bool = Field(True, json_schema_extra=affects("plausibility"))
+    batch_size: int = _batch_size(8)
 
 
 class BudgetSection(_Section):
     """How many edit jobs to run. Unset = every job. The budget, not N and M, fixes the yield."""
 
-    edits: int | None = Field(None, ge=1, description="maximum number of edit jobs")
-    cost: float | None = Field(None, gt=0, description="maximum estimated cost of edit jobs")
-    cost_per_edit: float = Field(1.0, ge=0, description="estimated cost of one edit job")
+    edits: int | None = Field(
+        None,
+        ge=1,
+        description="maximum number of edit jobs",
+        json_schema_extra=affects("schedule"),
+    )
+    cost: float | None = Field(
+        None,
+        gt=0,
+        description="maximum estimated cost of edit jobs",
+        json_schema_extra=affects("schedule"),
+    )
+    cost_per_edit: float = Field(
+        1.0,
+        ge=0,
+        description="estimated cost of one edit job",
+        json_schema_extra=affects("schedule"),
+    )
     cost_per_megapixel: float = Field(
-        0.0, ge=0, description="added cost per megapixel of the source image"
+        0.0,
+        ge=0,
+        description="added cost per megapixel of the source image",
+        json_schema_extra=affects("schedule"),
     )
 
 
 class ScheduleSection(_Section):
-    seeds_per_pair: int = Field(5, ge=1, description="M editor seeds per (source, instruction)")
+    seeds_per_pair: int = Field(
+        5,
+        ge=1,
+        description="M editor seeds per (source, instruction)",
+        json_schema_extra=affects("schedule"),
+    )
     budget: BudgetSection = Field(default_factory=BudgetSection)
 
 
 class EditSection(_Section):
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = _batch_size(4)
 
 
 class LowLevelCheck(_Section):
     """NHR-METHOD §3: connected components of the changed-pixel mask."""
 
-    enabled: bool = True
-    diff_threshold: int = Field(40, ge=0, le=255, description="per-pixel change counted above this")
+    enabled: bool = Field(True, json_schema_extra=affects("prefilter"))
+    diff_threshold: int = Field(
+        40,
+        ge=0,
+        le=255,
+        description="per-pixel change counted above this",
+        json_schema_extra=affects("prefilter"),
+    )
     min_component_share: float = Field(
-        0.005, ge=0, le=1, description="largest component must hold this share of changed pixels"
+        0.005,
+        ge=0,
+        le=1,
+        description="largest component must hold this share of changed pixels",
+        json_schema_extra=affects("prefilter"),
     )
     noop_threshold: int = Field(
         12,
         ge=0,
         le=255,
         description="per-pixel change at or below this is re-encoding noise (VAE round trip)",
+        json_schema_extra=affects("prefilter"),
     )
     min_changed_share: float = Field(
         0.001,
         ge=0,
         le=1,
         description="below this share of pixels changed beyond noop_threshold, a no-op",
+        json_schema_extra=affects("prefilter"),
     )
     skip_operations: list[str] | None = Field(
-        None, description="operations exempt from the component rule; default: all global ones"
+        None,
+        description="operations exempt from the component rule; default: all global ones",
+        json_schema_extra=affects("prefilter"),
     )
 
 
 class PrefilterSection(_Section):
-    score: bool = Field(True, description="a) VLM adherence/aesthetics scores")
-    min_adherence: float = Field(3.5, ge=1, le=5)
-    min_aesthetics: float = Field(3.5, ge=1, le=5)
-    unwanted_changes: bool = Field(True, description="b) VLM yes/no: no changes beyond the edit")
-    aesthetics: bool = Field(True, description="c) VLM yes/no: the result is pleasing")
+    score: bool = Field(
+        True,
+        description="a) VLM adherence/aesthetics scores",
+        json_schema_extra=affects("prefilter"),
+    )
+    min_adherence: float = Field(3.5, ge=1, le=5, json_schema_extra=affects("prefilter"))
+    min_aesthetics: float = Field(3.5, ge=1, le=5, json_schema_extra=affects("prefilter"))
+    unwanted_changes: bool = Field(
+        True,
+        description="b) VLM yes/no: no changes beyond the edit",
+        json_schema_extra=affects("prefilter"),
+    )
+    aesthetics: bool = Field(
+        True,
+        description="c) VLM yes/no: the result is pleasing",
+        json_schema_extra=affects("prefilter"),
+    )
     low_level: LowLevelCheck = Field(default_factory=LowLevelCheck)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = _batch_size(8)
 
 
 class ValidateSection(_Section):
-    adherence_threshold: float = Field(4.7, ge=1, le=5)
-    aesthetics_threshold: float = Field(4.7, ge=1, le=5)
-    batch_size: int = Field(8, ge=1)
+    adherence_threshold: float = Field(4.7, ge=1, le=5, json_schema_extra=affects("validate"))
+    aesthetics_threshold: float = Field(4.7, ge=1, le=5, json_schema_extra=affects("validate"))
+    batch_size: int = _batch_size(8)
 
 
 class InvertSection(_Section):
     """Stage 9: an LLM writes the inverse instruction of every forward triplet."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, json_schema_extra=affects("invert"))
     max_words: int = Field(
-        40, ge=3, description="longer answers are not one instruction and are re-asked"
+        40,
+        ge=3,
+        description="longer answers are not one instruction and are re-asked",
+        json_schema_extra=affects("invert"),
     )
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = _batch_size(8)
 
 
 class BackwardSection(_Section):
     """Stage 10: the validator scores each inverse; a failure drops it AND its forward."""
 
-    enabled: bool = True
+    # on/off re-chains the stages after invert (a disabled stage is not in the run's stage
+    # list, so the change is reported against invert, which always precedes it)
+    enabled: bool = Field(True, json_schema_extra=affects("invert"))
     adherence_threshold: float | None = Field(
-        None, ge=1, le=5, description="default: validate.adherence_threshold"
+        None,
+        ge=1,
+        le=5,
+        description="default: validate.adherence_threshold",
+        json_schema_extra=affects("backward"),
     )
     aesthetics_threshold: float | None = Field(
-        None, ge=1, le=5, description="default: validate.aesthetics_threshold"
+        None,
+        ge=1,
+        le=5,
+        description="default: validate.aesthetics_threshold",
+        json_schema_extra=affects("backward"),
     )
     inverse_attempts: int = Field(
         2,
         ge=1,
         description="wordings of an inverse tried before the pair is judged inconsistent",
+        json_schema_extra=affects("backward"),
     )
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = _batch_size(8)
 
 
 class ComposeSection(_Section):
     """Stage 11: <edit 1, inverse(instr 1) + " and " + instr 2, edit 2> per pair of edits."""
 
-    enabled: bool = True
-    both_directions: bool = Field(True, description="make (1, 2) and (2, 1), not only i < j")
-    max_per_source: int | None = Field(
-        4, ge=1, description="composites kept per source image (a random, seeded subset)"
+    enabled: bool = Field(True, json_schema_extra=affects("invert"))  # see backward.enabled
+    both_directions: bool = Field(
+        True,
+        description="make (1, 2) and (2, 1), not only i < j",
+        json_schema_extra=affects("compose"),
     )
-    revalidate: bool = Field(True, description="score composites with the validator")
+    max_per_source: int | None = Field(
+        4,
+        ge=1,
+        description="composites kept per source image (a random, seeded subset)",
+        json_schema_extra=affects("compose"),
+    )
+    revalidate: bool = Field(
+        True,
+        description="score composites with the validator",
+        json_schema_extra=affects("compose"),
+    )
     tries_per_pair: int = Field(
         3,
         ge=1,
         description="with revalidate: combinations of accepted candidate images tried per pair",
+        json_schema_extra=affects("compose"),
     )
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = _batch_size(8)
 
 
 AUGMENT_STEPS = ("invert", "backward", "compose")
@@ -261,6 +443,7 @@ class AugmentSection(_Section):
     order: list[str] = Field(
         default_factory=lambda: list(AUGMENT_STEPS),
         description="order of invert, backward (consistency filter) and compose",
+        json_schema_extra=affects("invert"),
     )
 
     @field_validator("order")
@@ -275,14 +458,17 @@ class AugmentSection(_Section):
 
 class ExportSection(_Section):
     rows_per_file: int = Field(
-        500, ge=1, description="triplets per parquet file (about 1.5 GB at 1 MP)"
+        500,
+        ge=1,
+        description="triplets per parquet file (about 1.5 GB at 1 MP)",
+        json_schema_extra=affects("export"),
     )
 
 
 class NhrConfig(_Section):
     run: RunSection = Field(default_factory=RunSection)
     brief: BriefSection = Field(default_factory=BriefSection)
-    models: ModelsSection = Field(default_factory=ModelsSection)
+    models: ModelsSection  # no default: see ModelsSection
     retry: RetrySection = Field(default_factory=RetrySection)
     design: DesignSection = Field(default_factory=DesignSection)
     generate: GenerateSection = Field(default_factory=GenerateSection)
@@ -297,7 +483,21 @@ class NhrConfig(_Section):
     compose: ComposeSection = Field(default_factory=ComposeSection)
     export: ExportSection = Field(default_factory=ExportSection)
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _expand_all_sim(cls, value: Any) -> Any:
+        """`models: sim` is every role on the simulator with its defaults; the resolved config
+        (RUN/config.yaml) writes every role out."""
+        if value == ALL_SIM:
+            return {role: {"backend": "sim"} for role in ROLES}
+        if isinstance(value, str):
+            raise ValueError(
+                f"write one entry per role ({', '.join(ROLES)}), or `models: sim` for an "
+                "all-simulator run"
+            )
+        return value
 
     @model_validator(mode="after")
     def _sim_designer_supports_operations(self) -> NhrConfig:
@@ -317,6 +517,74 @@ class NhrConfig(_Section):
         return self.model_dump(mode="json", by_alias=True)
 
 
+def setting_effect(key: str, data: dict[str, Any]) -> str | None:
+    """What the setting at the dotted `key` of a resolved config `data` (`to_dict()` form)
+    changes: a stage name, ROLE (a `models.<role>` setting: the stages using the role) or
+    OPERATIONAL, as its field says. None when no config class has that key (a config written
+    by another version of nhr). Keys inside a list or mapping setting (`brief.operations.x`)
+    belong to that setting."""
+    section: type[BaseModel] = NhrConfig
+    value: Any = data
+    for name in key.split("."):
+        field = next((f for n, f in section.model_fields.items() if (f.alias or n) == name), None)
+        if field is None:
+            return None
+        value = value.get(name) if isinstance(value, dict) else None
+        nested = _section_class(field.annotation, value)
+        if nested is None:
+            return effect_of(field)
+        section = nested
+    # The key names a whole section (`prices: null` against `prices: {...}`): it changes what
+    # its first output-affecting field changes, if any.
+    effects = [effect for _, effect in leaf_effects(section)]
+    return next((e for e in effects if e != OPERATIONAL), OPERATIONAL)
+
+
+def _section_class(annotation: Any, value: Any) -> type[BaseModel] | None:
+    """The config class of a field holding a section, or None for a leaf. A union of sections
+    (a model role) picks its member by the `backend` key of the value."""
+    members = _section_members(annotation)
+    if len(members) <= 1:
+        return members[0] if members else None  # a section, `Prices | None`, or a leaf
+    backend = value.get("backend") if isinstance(value, dict) else None
+    for member in members:
+        if backend in typing.get_args(member.model_fields["backend"].annotation):
+            return member
+    return None
+
+
+def _section_members(annotation: Any) -> list[type[BaseModel]]:
+    """The config classes a field may hold: one section, the members of a union, or none."""
+    if _is_section(annotation):
+        return [annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(annotation) if _is_section(a)]
+    return []
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def leaf_effects(section: type[BaseModel], prefix: str = "") -> list[tuple[str, str | None]]:
+    """(dotted key, effect) of every leaf of a config class; a union of sections (a model
+    role) lists the leaves of every member. Sections held in a list (diffusers `loras`) are
+    listed too, under `key[]`, though the list is compared as one value."""
+    leaves: list[tuple[str, str | None]] = []
+    for name, field in section.model_fields.items():
+        key = prefix + (field.alias or name)
+        members = _section_members(field.annotation)
+        if members:
+            for member in members:
+                leaves += leaf_effects(member, key + ".")
+            continue
+        leaves.append((key, effect_of(field)))
+        for arg in typing.get_args(field.annotation):  # list[LoraAdapter]
+            if _is_section(arg):
+                leaves += leaf_effects(arg, key + "[].")
+    return leaves
+
+
 def _format_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
@@ -324,6 +592,10 @@ def _format_validation_error(error: ValidationError) -> str:
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see configs/quickstart.yaml)"
+        elif item["type"] == "missing" and item["loc"][0] == "models" and len(item["loc"]) <= 2:
+            message = (
+                "missing; every role needs a model (write `models: sim` for an all-simulator run)"
+            )
         elif "input" in item and item["type"] not in ("missing",):
             shown = repr(item["input"])
             if len(shown) > 60:
@@ -335,7 +607,7 @@ def _format_validation_error(error: ValidationError) -> str:
 
 def parse_config(data: Any) -> NhrConfig:
     if data is None:
-        data = {}
+        raise ConfigError("invalid config: it is empty (see configs/quickstart.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(
             f"invalid config: the top level must be a mapping, got {type(data).__name__}"
@@ -357,8 +629,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Nh
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read config file {path}: {error}") from None
-    if data is None:
-        data = {}
+    if data is None:  # an empty file, or only comments: not a run with every default
+        raise ConfigError(
+            f"config file {path} is empty; start from configs/quickstart.yaml "
+            "(`models: sim` is the smallest config)"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {path}: the top level must be a mapping")
     for dotted, value in (overrides or {}).items():

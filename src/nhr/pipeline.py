@@ -1,14 +1,16 @@
 """The stage order and what each stage depends on; nothing model- or executor-specific.
 
 A stage's output depends on its own config keys and on everything upstream, so a config
-change invalidates the first stage it touches and every stage after it.
+change invalidates the first stage it touches and every stage after it. Which stage a key
+touches is written next to the key, in the config classes (see nhr.config.setting_effect).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from nhr.config import NhrConfig
+from nhr.backends.configs import OPERATIONAL, ROLE
+from nhr.config import NhrConfig, setting_effect
 from nhr.stages.backward import BackwardStage
 from nhr.stages.base import Stage
 from nhr.stages.compose import ComposeStage
@@ -76,24 +78,17 @@ def stage_names(config: NhrConfig) -> tuple[str, ...]:
     return tuple(stage.name for stage in build_stages(config)) + (EXPORT,)
 
 
-# Config key prefixes whose values change each stage's rows. Keys not listed anywhere (retry
-# policy, batch sizes, simulated latency, run_dir) change how a run executes, not what it
-# produces, so they may differ between a run and its resume.
-STAGE_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
-    "design": ("run.seed", "run.prompts", "run.shard_size", "brief", "models.designer", "design"),
-    "generate": ("models.generator", "generate"),
-    "plausibility": ("models.gate", "plausibility"),
-    "schedule": ("schedule",),
-    "edit": ("models.editor", "edit"),
-    "prefilter": ("models.prefilter", "prefilter"),
-    "validate": ("models.validator", "validate"),
-    "select": (),
-    "invert": ("augment", "models.inverter", "invert", "backward.enabled", "compose.enabled"),
-    "backward": ("backward",),
-    "compose": ("compose",),
-    EXPORT: ("export",),
+# The stage whose rows a `models.<role>` setting changes first: the first stage using the role
+# (the validator also serves backward and compose, which come later, so they follow anyway).
+ROLE_STAGE: dict[str, str] = {
+    "designer": "design",
+    "generator": "generate",
+    "gate": "plausibility",
+    "editor": "edit",
+    "prefilter": "prefilter",
+    "validator": "validate",
+    "inverter": "invert",
 }
-_OPERATIONAL_SUFFIXES = ("batch_size", "latency_s")
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -105,13 +100,17 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: data}
 
 
-def _stage_of(key: str) -> str | None:
-    if key.endswith(_OPERATIONAL_SUFFIXES):
+def stage_of_setting(key: str, config: dict[str, Any]) -> str | None:
+    """The first stage whose rows the setting `key` (dotted, of the resolved config `config`)
+    changes, or None when it is operational."""
+    effect = setting_effect(key, config)
+    if effect == OPERATIONAL:
         return None
-    for stage, prefixes in STAGE_CONFIG_KEYS.items():
-        if any(key == p or key.startswith(p + ".") for p in prefixes):
-            return stage
-    return None
+    if effect == ROLE:
+        return ROLE_STAGE[key.split(".")[1]]
+    if effect is None:  # a key this version does not know (an older run's config): it may
+        return ALL_STAGE_NAMES[0]  # have changed anything
+    return effect
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
@@ -123,7 +122,9 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, 
     flat_old, flat_new = flatten(old), flatten(new)
     changes = []
     for key in sorted(set(flat_old) | set(flat_new)):
-        stage = _stage_of(key)
-        if stage is not None and flat_old.get(key) != flat_new.get(key):
+        if flat_old.get(key) == flat_new.get(key):
+            continue
+        stage = stage_of_setting(key, new if key in flat_new else old)
+        if stage is not None:
             changes.append((stage, key, flat_old.get(key), flat_new.get(key)))
     return sorted(changes, key=lambda change: ALL_STAGE_NAMES.index(change[0]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nhr.lock import lock_owner
+from nhr.lock import lock_holder
 
 
 def render_status(run_dir: Path) -> str:
@@ -14,11 +14,13 @@ def render_status(run_dir: Path) -> str:
 
     store = RunStore(run_dir)
     stats = collect_stats(store, parse_config(store.read_config()))
-    owner = lock_owner(run_dir)
+    holder = lock_holder(run_dir)
     if stats["complete"]:
         state = "finished"
-    elif owner is not None:
-        state = f"mining (pid {owner})"
+    elif holder is not None:
+        state = f"mining (pid {holder['pid']})"
+        if holder.get("host"):
+            state += f" on {holder['host']}"
     else:
         state = "stopped before the end; run `nhr mine` again to resume"
     lines = [f"run {run_dir}: {state}", ""]

@@ -13,10 +13,12 @@ simulator still reads its ground truth from the PNGs. `score_fallback` is what a
 is answered when its images carry no simulator metadata (images from other backends).
 
 Faults, deterministic per request number (1 = the first request the server received) or drawn
-with a seeded rate, or chosen per request by a hook: "429" (with Retry-After), "500",
+with a seeded rate, or chosen per request by a hook: "429" (with Retry-After), "500", "503",
 "malformed" (a truncated JSON body), "hang" (answers after `hang_s`), "refusal", "safety",
-"empty" (no choices / candidates), "text" (Gemini answers an image request with words only),
-"400", "401". `latency_s` delays every answer.
+"empty" (no choices / candidates / image data), "null_content" (a choice whose content is
+null; a Gemini candidate with no parts), "empty_image" (an image whose base64 data is empty),
+"text" (Gemini answers an image request with words only), "400", "401". `latency_s` delays
+every answer.
 
 It records requests by path, arrival times, the largest number of requests in flight at once,
 every Authorization / x-goog-api-key header value, and the parsed bodies.
@@ -53,7 +55,21 @@ from nhr.backends.base import (
 )
 from nhr.backends.sim import META_KEY, SimBackend, SimBackendConfig
 
-FAULTS = ("429", "500", "malformed", "hang", "refusal", "safety", "empty", "text", "400", "401")
+FAULTS = (
+    "429",
+    "500",
+    "503",
+    "malformed",
+    "hang",
+    "refusal",
+    "safety",
+    "empty",
+    "null_content",
+    "empty_image",
+    "text",
+    "400",
+    "401",
+)
 _GEMINI_PATH = re.compile(r"^/(?P<version>[^/]+)/(?P<model>.+):generateContent$")
 _DATA_URI = re.compile(r"^data:(?P<mime>[^;,]+)?(;base64)?,(?P<data>.*)$", re.DOTALL)
 
@@ -303,6 +319,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(429, "rate limit reached", "RESOURCE_EXHAUSTED", gemini, headers)
         elif fault == "500":
             self._error(500, "the server had an error", "INTERNAL", gemini)
+        elif fault == "503":
+            self._error(503, "the server is overloaded", "UNAVAILABLE", gemini)
         elif fault == "400":
             self._error(400, "invalid request", "INVALID_ARGUMENT", gemini)
         elif fault == "401":
@@ -356,6 +374,8 @@ class _Handler(BaseHTTPRequestHandler):
             message = {"role": "assistant", "content": None, "refusal": "I can't help with that."}
         elif fault == "safety":
             message, finish = {"role": "assistant", "content": None}, "content_filter"
+        elif fault == "null_content":
+            message = {"role": "assistant", "content": None, "refusal": None}
         choices = [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}]
         if fault == "empty":
             choices = []
@@ -391,6 +411,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._sim_error(answer, gemini=False)
             return
         data = [] if fault == "empty" else [{"b64_json": base64.b64encode(answer).decode()}]
+        if fault == "empty_image":
+            data = [{"b64_json": ""}]
         usage = {
             "input_tokens": _tokens(prompt) + (85 if edit else 0),
             "output_tokens": 272,
@@ -451,7 +473,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         prompt_tokens = _tokens(system + "".join(_all_texts(contents))) + 258 * len(images)
         if isinstance(answer, bytes) and fault != "text":
-            encoded = base64.b64encode(answer).decode()
+            encoded = "" if fault == "empty_image" else base64.b64encode(answer).decode()
             parts = [{"inlineData": {"mimeType": "image/png", "data": encoded}}]
             output_tokens = 1290
         elif isinstance(answer, bytes):
@@ -472,6 +494,8 @@ class _Handler(BaseHTTPRequestHandler):
             candidate.update(content={"role": "model", "parts": []}, finishReason="SAFETY")
         elif fault == "empty":
             result["candidates"] = []
+        elif fault == "null_content":
+            candidate["content"] = {"role": "model", "parts": []}
         result["usageMetadata"] = {
             "promptTokenCount": prompt_tokens,
             "candidatesTokenCount": output_tokens,

@@ -25,6 +25,7 @@ from nhr.backends.api import (
     Secret,
     TokenBucket,
     UsageMeter,
+    backoff_delay,
     png_of_size,
     retry_after_s,
     transient,
@@ -165,12 +166,11 @@ def test_retry_after_is_honoured_and_pauses_every_request():
 
 
 def test_backoff_grows_exponentially_with_jitter_up_to_the_cap():
-    r = runner(backoff_s=1.0, max_backoff_s=4.0)
     for attempt, base in [(1, 1.0), (2, 2.0), (3, 4.0), (6, 4.0)]:
-        delays = [r._backoff(attempt, None) for _ in range(200)]
+        delays = [backoff_delay(attempt, 1.0, 4.0) for _ in range(200)]
         assert base * 0.5 <= min(delays) and max(delays) <= base * 1.5
         assert max(delays) - min(delays) > 0.2 * base  # jittered
-    assert r._backoff(1, 10.0) >= 10.0  # the server's hint wins over a shorter backoff
+    assert backoff_delay(1, 1.0, 4.0, 10.0) >= 10.0  # the server's hint wins over a shorter one
 
 
 def test_a_request_over_its_timeout_fails_as_timeout():
@@ -567,3 +567,70 @@ def test_a_missing_sdk_says_which_extra_to_install(family, module, key, monkeypa
     with FakeApiServer() as server, pytest.raises(MissingExtraError) as caught:
         make_backend(family, server)
     assert f"pip install 'nhr[{family}]'" in str(caught.value)
+
+
+# --- one retry budget ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"), [("503", "server_error"), ("malformed", "malformed_response")]
+)
+@families
+def test_an_item_costs_at_most_max_retries_plus_one_requests_through_call_model(
+    family, key, fault, reason
+):
+    """The backend retries transport errors; call_model must not send them again (before,
+    503 forever cost (max_retries + 1) x retry.max_attempts requests: 7 x 4 = 28)."""
+    from nhr.calls import Failure, call_model
+    from nhr.config import RetrySection
+    from nhr.stats import StageStats
+
+    retry = RetrySection(max_attempts=4, backoff_s=0.0, max_backoff_s=0.0)
+    with FakeApiServer(fault_rates={fault: 1.0}) as server:
+        backend = make_backend(family, server, limits={"max_retries": 3})
+        stats = StageStats()
+        results = call_model(
+            backend.chat, [chat_request(0), chat_request(1)], batch_size=2, retry=retry, stats=stats
+        )
+        usage = backend.usage()
+        backend.close()
+    assert results == [Failure(reason, results[0].detail)] * 2
+    assert server.total_requests == 2 * (3 + 1)
+    assert stats.retries == 0 and stats.model_calls == 2
+    assert usage["transport_retries"] == 6 and usage[f"retries.{reason}"] == 6
+
+
+def test_with_no_retries_configured_an_item_costs_one_request(key):
+    from nhr.calls import call_model
+    from nhr.config import RetrySection
+    from nhr.stats import StageStats
+
+    with FakeApiServer(fault_rates={"503": 1.0}) as server:
+        backend = make_backend("openai", server, limits={"max_retries": 0})
+        call_model(
+            backend.chat, [chat_request()], batch_size=1, retry=RetrySection(), stats=StageStats()
+        )
+        backend.close()
+    assert server.total_requests == 1
+
+
+def test_retries_are_counted_by_cause(key):
+    faults = {1: "429", 2: "503", 3: "malformed", 4: "hang", 5: "empty"}
+    with FakeApiServer(faults=faults, retry_after="0", hang_s=2.0) as server:
+        backend = make_backend("openai", server, limits={"max_retries": 5, "timeout_s": 0.3})
+        [answer] = backend.chat([chat_request()])
+        usage = backend.usage()
+        backend.close()
+    assert isinstance(answer, str) and server.total_requests == 6
+    causes = {k.removeprefix("retries."): v for k, v in usage.items() if k.startswith("retries.")}
+    assert causes == {"rate_limited": 1, "server_error": 1, "malformed_response": 2, "timeout": 1}
+    assert usage["transport_retries"] == 5
+
+
+def test_the_first_request_failing_for_a_reason_is_shown_without_verbose(caplog):
+    caplog.set_level(logging.INFO, logger="nhr.backends.api")
+    r = runner(max_retries=0)
+    r.run(["a", "b"], Script({"a": [transient("timeout")], "b": [transient("timeout")]}), tokens)
+    r.close()
+    levels = [record.levelno for record in caplog.records if "failed after" in record.message]
+    assert sorted(levels) == [logging.INFO, logging.WARNING]

@@ -42,6 +42,7 @@ from nhr.backends.diffusers import (
     PIPELINES,
     DiffusersBackend,
     check_image,
+    dtype_keyword,
     family_arguments,
 )
 from nhr.config import parse_config
@@ -214,6 +215,51 @@ def test_unsupported_task_gives_item_errors(generator, folders):
     assert editor._pipeline is None  # refused from model_index.json, without loading weights
     refused = generator.edit([EditRequest(noise_png(32, 32), "make it blue", 0)])
     assert isinstance(refused[0], PermanentBackendError) and refused[0].reason == "unsupported"
+
+
+# -- dtype ------------------------------------------------------------------------------
+
+
+def test_bfloat16_is_loaded_as_asked(folders):
+    backend = DiffusersBackend(make_config(folders["flux"], dtype="bfloat16"))
+    assert backend.pipeline.transformer.dtype == torch.bfloat16
+    assert backend.pipeline.vae.dtype == torch.bfloat16
+    assert backend.info().params["dtype"] == "bfloat16"
+
+
+@pytest.mark.filterwarnings("ignore:`torch_dtype` is deprecated:FutureWarning")
+def test_dtype_reaches_a_diffusers_that_reads_only_torch_dtype(folders, monkeypatch):
+    """diffusers 0.35 reads only `torch_dtype` and ignores an unknown `dtype` keyword, which
+    loaded FLUX in float32 on such installs."""
+    import diffusers
+
+    real = diffusers.FluxPipeline.from_pretrained
+    seen = {}
+
+    def from_pretrained(path, **kwargs):  # 0.35's behaviour: unknown keywords are ignored
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        seen.update(kwargs, torch_dtype=torch_dtype)
+        return real(path, revision=kwargs.get("revision"), torch_dtype=torch_dtype)
+
+    monkeypatch.setattr(diffusers.FluxPipeline, "from_pretrained", staticmethod(from_pretrained))
+    backend = DiffusersBackend(make_config(folders["flux"], dtype="bfloat16"))
+    assert backend.pipeline.transformer.dtype == torch.bfloat16
+    assert seen["torch_dtype"] == torch.bfloat16 and "dtype" not in seen
+
+
+def test_dtype_keyword_follows_the_installed_signature():
+    def reads_dtype(path, **kwargs):
+        dtype = kwargs.pop("dtype", None)
+        return dtype
+
+    def reads_torch_dtype(path, **kwargs):
+        return kwargs.pop("torch_dtype", None)
+
+    def explicit(path, dtype=None): ...
+
+    assert dtype_keyword(reads_dtype) == "dtype"
+    assert dtype_keyword(reads_torch_dtype) == "torch_dtype"
+    assert dtype_keyword(explicit) == "dtype"
 
 
 # -- pipeline choice --------------------------------------------------------------------

@@ -141,7 +141,6 @@ def test_edit_sends_the_image_inline_and_returns_the_edit(server):
     [
         ("safety", "safety", "prompt blocked: SAFETY"),
         ("refusal", "safety", "SAFETY"),
-        ("empty", "malformed_response", "the answer has no candidates"),
     ],
 )
 def test_blocks_and_empty_answers_become_item_errors(fault, reason, detail):
@@ -153,6 +152,24 @@ def test_blocks_and_empty_answers_become_item_errors(fault, reason, detail):
     for error in (chat, image):
         assert error == PermanentBackendError(reason, detail)
     assert server.total_requests == 2  # not retried
+
+
+@pytest.mark.parametrize("fault", ["empty", "null_content", "empty_image"])
+def test_empty_answers_are_retried_within_the_budget(fault):
+    text_too = fault != "empty_image"
+    with FakeApiServer(faults={1: fault, 3: fault}) as server:
+        backend = backend_for(server)
+        [image] = backend.generate([GenerateRequest(PROMPT, 64, 48, seed=0)])
+        [chat] = backend.chat([TextRequest((ChatMessage("user", "Hello"),))])
+        backend.close()
+    assert isinstance(chat, str) and isinstance(image, bytes)
+    assert server.total_requests == (4 if text_too else 3)  # each empty answer asked again
+    with FakeApiServer(fault_rates={fault: 1.0}) as server:
+        backend = backend_for(server, limits={"max_retries": 1})
+        [image] = backend.generate([GenerateRequest(PROMPT, 64, 48, seed=0)])
+        backend.close()
+    assert image == TransientBackendError("malformed_response", image.detail)
+    assert server.total_requests == 2
 
 
 def test_an_image_request_answered_with_words_counts_as_safety():

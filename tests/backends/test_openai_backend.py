@@ -17,6 +17,7 @@ from nhr.backends.base import (
     GenerateRequest,
     PermanentBackendError,
     TextRequest,
+    TransientBackendError,
     VisionRequest,
 )
 from nhr.backends.configs import OpenAIBackendConfig
@@ -166,10 +167,7 @@ def test_edit_of_bytes_that_are_no_image_fails_without_a_request(server):
     assert isinstance(error, PermanentBackendError) and error.reason == "invalid_request"
 
 
-@pytest.mark.parametrize(
-    ("fault", "reason"),
-    [("refusal", "refusal"), ("safety", "safety"), ("empty", "malformed_response")],
-)
+@pytest.mark.parametrize(("fault", "reason"), [("refusal", "refusal"), ("safety", "safety")])
 def test_answers_without_content_become_item_errors(fault, reason):
     with FakeApiServer(faults={1: fault}) as server:
         backend = backend_for(server)
@@ -179,15 +177,42 @@ def test_answers_without_content_become_item_errors(fault, reason):
     assert server.total_requests == 1  # a permanent error is not retried
 
 
-@pytest.mark.parametrize(
-    ("fault", "reason"), [("safety", "safety"), ("empty", "malformed_response")]
-)
-def test_image_answers_without_an_image_become_item_errors(fault, reason):
-    with FakeApiServer(faults={1: fault}) as server:
+def test_image_answers_blocked_for_safety_become_item_errors():
+    with FakeApiServer(faults={1: "safety"}) as server:
         backend = backend_for(server, model="sim-t2i")
         [error] = backend.generate([GenerateRequest(PROMPT, 64, 48, seed=0)])
         backend.close()
-    assert isinstance(error, PermanentBackendError) and error.reason == reason
+    assert isinstance(error, PermanentBackendError) and error.reason == "safety"
+
+
+@pytest.mark.parametrize("fault", ["empty", "null_content"])
+def test_empty_choices_or_null_content_are_retried_within_the_budget(fault):
+    with FakeApiServer(faults={1: fault}) as server:
+        backend = backend_for(server)
+        [chat] = backend.chat([TextRequest((ChatMessage("user", "Hello"),))])
+        backend.close()
+    assert isinstance(chat, str) and server.total_requests == 2
+    with FakeApiServer(fault_rates={fault: 1.0}) as server:
+        backend = backend_for(server, limits={"max_retries": 2})
+        [error] = backend.chat([TextRequest((ChatMessage("user", "Hello"),))])
+        backend.close()
+    assert isinstance(error, TransientBackendError) and error.reason == "malformed_response"
+    assert server.total_requests == 3
+
+
+@pytest.mark.parametrize("fault", ["empty", "empty_image"])
+def test_answers_with_empty_image_data_are_retried_within_the_budget(fault):
+    with FakeApiServer(faults={1: fault}) as server:
+        backend = backend_for(server, model="sim-t2i")
+        [image] = backend.generate([GenerateRequest(PROMPT, 64, 48, seed=0)])
+        backend.close()
+    assert size_of(image) == (64, 48) and server.total_requests == 2
+    with FakeApiServer(fault_rates={fault: 1.0}) as server:
+        backend = backend_for(server, model="sim-t2i", limits={"max_retries": 1})
+        [error] = backend.generate([GenerateRequest(PROMPT, 64, 48, seed=0)])
+        backend.close()
+    assert isinstance(error, TransientBackendError) and error.reason == "malformed_response"
+    assert server.total_requests == 2
 
 
 def test_info_names_model_host_and_overrides_never_the_key(server):
@@ -247,9 +272,10 @@ def test_mine_through_the_openai_sdk_with_faults(small_config, tmp_path):
         assert stages[name]["usage"]["requests"] > 0, name
         assert stages[name]["usage"]["input_tokens"] > 0, name
     assert sum(s["usage"].get("transport_retries", 0) for s in stages.values()) > 0
-    # Gate questions that always answer 500 come back as retryable errors: the stage retries
-    # them, then records them failed by reason.
-    assert stages["plausibility"]["retries"] > 0
+    # Gate questions that always answer 500 are retried by the backend only (one budget:
+    # the stage does not send them again), then recorded failed by reason.
+    assert stages["plausibility"]["retries_by_cause"].get("server_error", 0) > 0
+    assert stages["plausibility"]["retries"] == 0
     assert stages["plausibility"]["failed"].get("server_error", 0) > 0
     assert stages["invert"]["failed"].get("refusal", 0) > 0
     assert set(server.keys_seen) == {f"Bearer {KEY}"}

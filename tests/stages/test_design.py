@@ -1,4 +1,4 @@
-from nhr.stages.design import clean_item, guess_style, parse_design_answer
+from nhr.stages.design import clean_item, item_style, parse_design_answer
 
 
 def test_items_accept_strings_and_objects_and_drop_duplicates():
@@ -38,6 +38,14 @@ def test_answer_must_hold_a_non_empty_array():
         raise AssertionError(bad)
 
 
-def test_style_is_the_first_brief_style_named_in_the_prompt():
-    assert guess_style("A noir print of a street", ["photo", "noir print"]) == "noir print"
-    assert guess_style("A street", ["photo"]) == "unspecified"
+def test_style_is_the_one_the_item_names():
+    styles = ["photo", "noir print"]
+    assert item_style({"prompt": "A photo of a noir print", "style": "noir print"}, styles) == (
+        "noir print"
+    )
+    # the brief's spelling wins over the designer's case and spacing
+    assert item_style({"style": "  Noir   Print "}, styles) == "noir print"
+    # an off-brief style is recorded as said; only a missing one is "unspecified"
+    assert item_style({"style": "watercolour"}, styles) == "watercolour"
+    for missing in ({}, {"style": None}, {"style": " "}, {"style": 3}):
+        assert item_style({"prompt": "A photo of a street", **missing}, styles) == "unspecified"

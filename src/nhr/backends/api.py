@@ -9,6 +9,13 @@ least as long as the server's Retry-After; and count what was spent. `ApiRunner`
 that once, for both backends. A backend only says how to send one request (`send`), how to
 read the SDK's exceptions (`classify`) and how to build and close its SDK client.
 
+The retry budget: one call of one request costs at most `limits.max_retries + 1` HTTP
+requests. The transport errors retried here come back marked `exhausted`, and `call_model`
+never retries those again (before, both layers retried and a request against a server that
+always answered 503 cost 7 x 4 = 28 requests). The retry loop is tenacity's; the backoff
+(`backoff_delay`) is shared with `call_model`, which retries for backends that do not retry
+themselves (the simulator, diffusers, transformers).
+
 The batch runs on an event loop in a background thread owned by the runner, so every batch
 of a backend, from whatever thread it comes, shares one connection pool, one concurrency
 limit and one pair of rate limiters. The SDK client is created on that loop and closed on it
@@ -37,6 +44,8 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any, Generic, TypeVar
 
+import tenacity
+
 from nhr.backends.base import (
     BackendError,
     BackendSetupError,
@@ -45,14 +54,17 @@ from nhr.backends.base import (
     TransientBackendError,
 )
 from nhr.backends.configs import ApiLimits, Prices
+from nhr.stats import RETRY_CAUSE_PREFIX
 
 log = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
 Value = TypeVar("Value")
 
-# Reasons retried here, at the transport level, before the item is handed back as failed.
-# Anything else (refusals, bad requests, unexpected exceptions) is returned at once.
+# Reasons retried here, at the transport level, before the item is handed back as failed
+# (and marked exhausted): 429, 5xx (and 409), timeouts, connection errors, and answers with
+# a broken or empty body. Anything else (refusals, bad requests, unexpected exceptions) is
+# returned at once.
 TRANSPORT_REASONS = frozenset(
     {"rate_limited", "server_error", "timeout", "connection", "malformed_response"}
 )
@@ -134,6 +146,36 @@ class Answer(Generic[Value]):
     input_tokens: int = 0
     output_tokens: int = 0
     images: int = 0
+
+
+def mark_exhausted(error: BackendError) -> BackendError:
+    """Say that the retry budget of this error was spent where it was raised, so no caller
+    retries it again (see `is_exhausted`)."""
+    error.exhausted = True  # type: ignore[attr-defined]
+    return error
+
+
+def is_exhausted(error: BackendError) -> bool:
+    """True for an error its backend already retried as often as its config allows."""
+    return bool(getattr(error, "exhausted", False))
+
+
+def backoff_delay(
+    retry: int, backoff_s: float, max_backoff_s: float, server_hint: float | None = None
+) -> float:
+    """Seconds to wait before retry number `retry` (1 = the first retry): exponential from
+    `backoff_s`, capped at `max_backoff_s`, with jitter (0.5x to 1.5x, so many clients do not
+    retry in lockstep), and never shorter than the server's Retry-After (plus up to 10 %, so
+    the clients it paused do not all come back at the same instant).
+
+    Both retry layers use this one function: the API runner (through tenacity) and
+    `call_model` (whose retries go in rounds over a batch, which tenacity does not model).
+    """
+    delay = min(max_backoff_s, backoff_s * 2 ** (retry - 1))
+    delay *= 0.5 + random.random()
+    if server_hint:
+        delay = max(delay, server_hint * (1.0 + 0.1 * random.random()))
+    return delay
 
 
 def transient(reason: str, detail: str = "", retry_after: float | None = None) -> BackendError:
@@ -263,19 +305,24 @@ class UsageMeter:
     """Cumulative, thread-safe counters of what a backend spent.
 
     `requests` counts HTTP requests sent (retries included, as the server counts them),
-    `transport_retries` the retries among them; tokens and images are what the server
-    reported. `cost_usd` is derived from `prices` when a config sets them.
+    `transport_retries` the retries among them and `retries.<reason>` those retries by
+    cause (timeout, rate_limited, server_error, malformed_response, connection); tokens and
+    images are what the server reported. `cost_usd` is derived from `prices` when a config
+    sets them.
     """
 
     def __init__(self, prices: Prices | None) -> None:
         self._prices = prices
         self._lock = threading.Lock()
-        self._counts = dict.fromkeys(USAGE_KEYS, 0)
+        self._counts: dict[str, int] = dict.fromkeys(USAGE_KEYS, 0)
 
     def add(self, **counts: int) -> None:
         with self._lock:
             for key, value in counts.items():
-                self._counts[key] += value
+                self._counts[key] = self._counts.get(key, 0) + value
+
+    def add_retry(self, reason: str) -> None:
+        self.add(transport_retries=1, **{RETRY_CAUSE_PREFIX + reason: 1})
 
     def snapshot(self) -> dict[str, float]:
         with self._lock:
@@ -301,6 +348,10 @@ class TokenBucket:
     the level below zero (a debt the next takes wait for), so a request bigger than one
     second of budget never deadlocks and the average rate still holds. Waiters are served in
     order (asyncio.Lock is fair). Used only on the runner's loop thread.
+
+    Hand-written on purpose: aiolimiter's leaky bucket refuses a take larger than its
+    capacity (no debt) and cannot be credited back when the server reports fewer tokens than
+    estimated, and both are needed for tokens-per-minute.
     """
 
     def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -339,7 +390,12 @@ class TokenBucket:
 
 
 class _LoopThread:
-    """An event loop running in a daemon thread, for as long as its owner lives."""
+    """An event loop running in a daemon thread, for as long as its owner lives.
+
+    anyio's blocking portal does the same, but stopping it waits for every task still running
+    and joins its thread without a time limit, so one hung request would hang `close` (and the
+    garbage collector calling it); this stops the loop and gives up on the thread after 10 s.
+    """
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
@@ -394,6 +450,7 @@ class ApiRunner:
         self._requests_bucket: TokenBucket | None = None
         self._tokens_bucket: TokenBucket | None = None
         self._resume_at = 0.0  # after a 429 with Retry-After, nobody sends before this
+        self._reasons_shown: set[str] = set()  # reasons of failed requests already warned of
 
     # public ---------------------------------------------------------------------------------
 
@@ -462,32 +519,51 @@ class ApiRunner:
             raise BackendSetupError(f"{self.name}: cannot create the client: {detail}") from None
 
     async def _one(self, request: Any, send: Send, estimate: Callable[[Any], int]) -> Any:
+        """The value of one request, or its error after at most `max_retries` retries of
+        transport errors. A transport error that comes back is marked exhausted: the budget
+        is spent, so `call_model` does not retry it again."""
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self.limits.max_retries + 1),
+            retry=tenacity.retry_if_result(_is_transport_error),
+            wait=self._wait,
+            before_sleep=self._before_retry,
+            retry_error_callback=_last_result,
+            sleep=asyncio.sleep,
+        )
+        result = await retrying(self._attempt, request, send, estimate(request))
+        if _is_transport_error(result):
+            # The first of each reason is shown without -v: the user should know early.
+            level = logging.INFO if result.reason in self._reasons_shown else logging.WARNING
+            self._reasons_shown.add(result.reason)
+            log.log(
+                level,
+                "%s: a request failed after %d retries: %s",
+                self.name,
+                self.limits.max_retries,
+                result,
+            )
+            mark_exhausted(result)
+        return result
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        error = state.outcome.result() if state.outcome else None
         limits = self.limits
-        error: BackendError | None = None
-        for attempt in range(limits.max_retries + 1):
-            if attempt:
-                delay = self._backoff(attempt, getattr(error, "retry_after", None))
-                log.debug(
-                    "%s: retry %d/%d in %.2f s after %s",
-                    self.name,
-                    attempt,
-                    limits.max_retries,
-                    delay,
-                    error.reason if error else "?",
-                )
-                await asyncio.sleep(delay)
-                self.meter.add(transport_retries=1)
-            result = await self._attempt(request, send, estimate(request))
-            if not isinstance(result, BackendError):
-                return result
-            error = result
-            if error.reason not in TRANSPORT_REASONS or not error.retryable:
-                return error
-            hint = getattr(error, "retry_after", None)
-            if error.reason == "rate_limited" and hint:
-                self._resume_at = max(self._resume_at, time.monotonic() + hint)
-        log.info("%s: request failed after %d retries: %s", self.name, limits.max_retries, error)
-        return error
+        hint = getattr(error, "retry_after", None)
+        return backoff_delay(state.attempt_number, limits.backoff_s, limits.max_backoff_s, hint)
+
+    def _before_retry(self, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.result() if state.outcome else None
+        reason = getattr(error, "reason", "unknown")
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.debug(
+            "%s: retry %d/%d in %.2f s after %s",
+            self.name,
+            state.attempt_number,
+            self.limits.max_retries,
+            delay,
+            reason,
+        )
+        self.meter.add_retry(reason)
 
     async def _attempt(self, request: Any, send: Send, estimate: int) -> Any:
         """One HTTP request inside a concurrency slot and the rate limits: its value, or the
@@ -500,10 +576,10 @@ class ApiRunner:
                 async with asyncio.timeout(self.limits.timeout_s):
                     answer = await send(self._client, request)
             except Exception as exception:  # cancellation is a BaseException: not caught
-                return self._error_of(exception)
+                return self._note_pause(self._error_of(exception))
         self._account(answer, estimate)
         if isinstance(answer.value, BackendError):
-            return self._scrub(answer.value)
+            return self._note_pause(self._scrub(answer.value))
         return answer.value
 
     async def _wait_for_rate_limits(self, estimate: int) -> None:
@@ -525,15 +601,12 @@ class ApiRunner:
         if self._tokens_bucket is not None and actual > 0:
             self._tokens_bucket.give_back(estimate - actual)
 
-    def _backoff(self, attempt: int, hint: float | None) -> float:
-        """Exponential backoff with jitter (so many clients do not retry in lockstep), but
-        never shorter than the server's Retry-After."""
-        limits = self.limits
-        delay = min(limits.max_backoff_s, limits.backoff_s * 2 ** (attempt - 1))
-        delay *= 0.5 + random.random()
-        if hint:
-            delay = max(delay, hint * (1.0 + 0.1 * random.random()))
-        return delay
+    def _note_pause(self, error: BackendError) -> BackendError:
+        """After a 429 with Retry-After, nobody sends before the server said to."""
+        hint = getattr(error, "retry_after", None)
+        if error.reason == "rate_limited" and hint:
+            self._resume_at = max(self._resume_at, time.monotonic() + hint)
+        return error
 
     def _error_of(self, exception: Exception) -> BackendError:
         if isinstance(exception, BackendError):
@@ -557,6 +630,18 @@ class ApiRunner:
         if hasattr(error, "retry_after"):
             clean.retry_after = error.retry_after  # type: ignore[attr-defined]
         return clean
+
+
+def _is_transport_error(result: Any) -> bool:
+    return (
+        isinstance(result, BackendError) and result.retryable and result.reason in TRANSPORT_REASONS
+    )
+
+
+def _last_result(state: tenacity.RetryCallState) -> Any:
+    """When the retries are spent, the last error is the answer (tenacity would raise)."""
+    assert state.outcome is not None
+    return state.outcome.result()
 
 
 def estimate_tokens(text: str, images: int, max_tokens: int) -> int:

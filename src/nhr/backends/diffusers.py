@@ -19,8 +19,10 @@ run uses the diffusers backend.
 from __future__ import annotations
 
 import gc
+import inspect
 import io
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -140,6 +142,26 @@ def encode_png(pixels: np.ndarray, size: tuple[int, int]) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def dtype_keyword(from_pretrained: Any) -> str:
+    """The keyword under which this diffusers' `from_pretrained` reads the torch dtype.
+
+    Newer diffusers read `dtype` (and still accept `torch_dtype`, deprecated); 0.35 and older
+    read only `torch_dtype` and silently ignore an unknown `dtype`, which loads every weight in
+    float32. The signature is `(path, **kwargs)` in both, so the source is what tells them
+    apart: the keyword the method pops from its kwargs.
+    """
+    parameters = inspect.signature(from_pretrained).parameters
+    for name in ("dtype", "torch_dtype"):
+        if name in parameters:
+            return name
+    try:
+        source = inspect.getsource(from_pretrained)
+    except (OSError, TypeError):  # no source to read: `torch_dtype` is read until 1.0
+        major = int(diffusers.__version__.split(".")[0])
+        return "dtype" if major >= 1 else "torch_dtype"
+    return "dtype" if re.search(r"""kwargs\.pop\(\s*["']dtype["']""", source) else "torch_dtype"
 
 
 def _as_float_pixels(image: Any) -> np.ndarray:
@@ -281,8 +303,11 @@ class DiffusersBackend:
         if name not in PIPELINES:
             raise BackendSetupError(_unknown_pipeline_message(name, config.model))
         log.info("loading %s %s (%s) on %s", name, config.model, config.dtype, config.device)
-        pipeline = getattr(diffusers, name).from_pretrained(
-            config.model, revision=config.revision, dtype=getattr(torch, config.dtype)
+        load = getattr(diffusers, name).from_pretrained
+        pipeline = load(
+            config.model,
+            revision=config.revision,
+            **{dtype_keyword(load): getattr(torch, config.dtype)},
         )
         if config.loras:
             names = []

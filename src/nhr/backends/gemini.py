@@ -11,8 +11,10 @@ How answers without usable output are reported (item errors, never exceptions):
   (SAFETY, PROHIBITED_CONTENT, BLOCKLIST, SPII, RECITATION, IMAGE_SAFETY, ...): permanent
   `safety` with the reason as detail; so is an image request answered with text only (the
   image models' way of refusing), with the model's words as detail;
-- a body that is not JSON: transient `malformed_response` (retried); valid JSON without
-  candidates, text or image: permanent `malformed_response`.
+- a body that is not JSON, and valid JSON without candidates, or whose candidate finished
+  normally (STOP) without text or with empty or undecodable image data: transient
+  `malformed_response`, retried within `limits.max_retries`; a candidate that stopped for
+  another reason (MAX_TOKENS...) without output: permanent `malformed_response`.
 """
 
 from __future__ import annotations
@@ -352,7 +354,7 @@ def _candidate_parts(response: Any) -> tuple[list[Any], str, BackendError | None
         return [], "", PermanentBackendError("safety", f"prompt blocked: {block}")
     candidates = getattr(response, "candidates", None)
     if not candidates:
-        return [], "", PermanentBackendError("malformed_response", "the answer has no candidates")
+        return [], "", transient("malformed_response", "the answer has no candidates")
     finish = _name(getattr(candidates[0], "finish_reason", None))
     if finish in SAFETY_FINISH_REASONS:
         return [], finish, PermanentBackendError("safety", finish)
@@ -367,8 +369,17 @@ def _text_answer(response: Any) -> Answer:
         texts = [p.text for p in parts if p.text is not None and not p.thought]
         if texts:
             return Answer("".join(texts), tokens_in, tokens_out)
-        error = PermanentBackendError("malformed_response", f"no text in the answer ({finish})")
+        error = _no_output(f"no text in the answer ({finish or 'no finish reason'})", finish)
     return Answer(error, tokens_in, tokens_out)
+
+
+def _no_output(detail: str, finish: str) -> BackendError:
+    """An answer without output: worth asking again when the model says it finished normally
+    (an empty answer from an overloaded server), not when it stopped for a reason of its own
+    (MAX_TOKENS would stop it again)."""
+    if finish in ("", "STOP"):
+        return transient("malformed_response", detail)
+    return PermanentBackendError("malformed_response", detail)
 
 
 def _image_answer(response: Any, width: int, height: int) -> Answer:
@@ -377,11 +388,11 @@ def _image_answer(response: Any, width: int, height: int) -> Answer:
     if error is None:
         for part in parts:
             blob = part.inline_data
-            if blob is not None and blob.data and (blob.mime_type or "").startswith("image/"):
+            if blob is not None and (blob.mime_type or "").startswith("image/"):
                 try:
-                    png = png_of_size(blob.data, width, height)
+                    png = png_of_size(blob.data or b"", width, height)
                 except ValueError as bad:
-                    error = PermanentBackendError("malformed_response", str(bad))
+                    error = transient("malformed_response", f"the answer's image: {bad}")
                     break
                 return Answer(png, tokens_in, tokens_out, images=1)
         else:
@@ -389,8 +400,8 @@ def _image_answer(response: Any, width: int, height: int) -> Answer:
             if text and finish in ("", "STOP"):
                 error = PermanentBackendError("safety", f"no image; the model said: {text[:200]}")
             else:
-                error = PermanentBackendError(
-                    "malformed_response", f"no image in the answer ({finish})"
+                error = _no_output(
+                    f"no image in the answer ({finish or 'no finish reason'})", finish
                 )
     return Answer(error, tokens_in, tokens_out)
 

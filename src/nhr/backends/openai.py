@@ -7,10 +7,12 @@ says how one request is sent and how an answer or an SDK exception is read.
 
 How answers that carry no usable output are reported (item errors, never exceptions):
 
-- a body that is not JSON (a truncated answer, a proxy's HTML page): transient
-  `malformed_response`, retried like a 5xx, because the same request usually succeeds;
-- valid JSON without choices, content or image: permanent `malformed_response`, because the
-  server did answer and would most likely answer the same again;
+- a body that is not JSON (a truncated answer, a proxy's HTML page), and valid JSON with
+  empty `choices`, `null` content or empty or undecodable image data: transient
+  `malformed_response`, retried within `limits.max_retries` like a 5xx, because overloaded
+  servers and proxies answer so and the same request usually succeeds;
+- an image answer with only a URL: permanent `malformed_response` (the server ignores
+  `response_format`, and will again);
 - `message.refusal`: permanent `refusal`; `finish_reason == "content_filter"` and the images
   API's moderation errors: permanent `safety`; a 429 for an exhausted quota: permanent `quota`.
 """
@@ -283,9 +285,12 @@ def _text_answer(response: Any) -> Answer:
     def fail(reason: str, detail: str) -> Answer:
         return Answer(PermanentBackendError(reason, detail), tokens_in, tokens_out)
 
+    def broken(detail: str) -> Answer:
+        return Answer(transient("malformed_response", detail), tokens_in, tokens_out)
+
     choices = getattr(response, "choices", None)
     if not choices:
-        return fail("malformed_response", "the answer has no choices")
+        return broken("the answer has no choices")
     message = getattr(choices[0], "message", None)
     refusal = getattr(message, "refusal", None)
     if refusal:
@@ -294,7 +299,7 @@ def _text_answer(response: Any) -> Answer:
         return fail("safety", "content_filter")
     content = getattr(message, "content", None)
     if not isinstance(content, str):
-        return fail("malformed_response", "the answer has no text content")
+        return broken("the answer has no text content")
     return Answer(content, tokens_in, tokens_out)
 
 
@@ -305,19 +310,22 @@ def _image_answer(response: Any, width: int, height: int) -> Answer:
     tokens_in = getattr(usage, "input_tokens", None) or 0
     tokens_out = getattr(usage, "output_tokens", None) or 0
 
-    def fail(detail: str) -> Answer:
-        return Answer(PermanentBackendError("malformed_response", detail), tokens_in, tokens_out)
+    def broken(detail: str) -> Answer:
+        return Answer(transient("malformed_response", detail), tokens_in, tokens_out)
 
     data = getattr(response, "data", None)
     if not data:
-        return fail("the answer has no image")
+        return broken("the answer has no image")
     encoded = getattr(data[0], "b64_json", None)
+    if not encoded and getattr(data[0], "url", None):
+        detail = "the answer has no b64_json image (a URL-only answer is not supported)"
+        return Answer(PermanentBackendError("malformed_response", detail), tokens_in, tokens_out)
     if not encoded:
-        return fail("the answer has no b64_json image (a URL-only answer is not supported)")
+        return broken("the answer's image data is empty")
     try:
         png = png_of_size(base64.b64decode(encoded, validate=True), width, height)
     except (binascii.Error, ValueError) as error:
-        return fail(f"the answer's image does not decode: {error}")
+        return broken(f"the answer's image does not decode: {error}")
     return Answer(png, tokens_in, tokens_out, images=1)
 
 

@@ -1,9 +1,10 @@
 """The default executor: every stage in this process, the run directory on local disk.
 
 Stage by stage, shard by shard: read the inputs of a shard, run the stage, write its table,
-then its completion marker. A shard with a marker is skipped, so re-running the same command
-resumes a killed run, and because ids and seeds are deterministic the result is the same as
-an uninterrupted run.
+then its completion marker. A shard with a marker is skipped (unless a table it read has
+changed since: its marker records their digests), so re-running the same command resumes a
+killed run, and because ids and seeds are deterministic the result is the same as an
+uninterrupted run. Before that, `prepare_run_dir` has damaged shards redone (nhr/verify.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from nhr import records
 from nhr.backends import create_backend
 from nhr.cache import CachedBackend
+from nhr.calls import FailureWatch
 from nhr.config import NhrConfig
 from nhr.pipeline import (
     ALL_STAGE_NAMES,
@@ -154,6 +156,10 @@ def prepare_run_dir(store: RunStore, config: NhrConfig, redo_from: str | None) -
         for stage in stale:
             store.clear_stage(stage)
         shutil.rmtree(store.root / "dataset", ignore_errors=True)
+    if previous is not None:
+        from nhr.verify import repair
+
+        repair(store, config)  # damaged tables and images: their shards are redone
     store.write_config(new)
 
 
@@ -197,6 +203,28 @@ class _Progress:
         self.bar.close()
 
 
+class _DeferredMarkers:
+    """Completion markers of one stage run. While its FailureWatch is undecided (every item
+    sent to some model so far failed, too few yet to judge), markers wait: if the backend
+    turns out broken, those shards are redone by the next run instead of being kept with rows
+    that all failed."""
+
+    def __init__(self, store: RunStore, watch: FailureWatch) -> None:
+        self.store = store
+        self.watch = watch
+        self._pending: list[tuple[str, int, dict[str, Any]]] = []
+
+    def mark_done(self, stage: str, shard: int, marker: dict[str, Any]) -> None:
+        self._pending.append((stage, shard, marker))
+        if not self.watch.undecided():
+            self.flush()
+
+    def flush(self) -> None:
+        for stage, shard, marker in self._pending:
+            self.store.mark_done(stage, shard, marker)
+        self._pending.clear()
+
+
 class LocalExecutor:
     def __init__(self, config: NhrConfig, store: RunStore, show_progress: bool = True) -> None:
         self.config = config
@@ -205,12 +233,14 @@ class LocalExecutor:
         self.backends = BackendPool(config, store)
         self.stages = build_stages(config)
 
-    def run(self) -> MineResult:
+    def run(self, reexport: bool = False) -> MineResult:
+        """Run every stage not done yet, then export (`reexport`: export again even if done;
+        the new dataset replaces the old one only once it is complete)."""
         for position, stage in enumerate(self.stages):
             self._run_stage(stage)
             later_roles = {role for s in self.stages[position + 1 :] for role in s.roles}
             self.backends.keep_only(later_roles)
-        self._export()
+        self._export(force=reexport)
         stats = collect_stats(self.store, self.config)
         atomic_write_json(self.store.root / "report" / "stats.json", stats)
         return MineResult(self.store.root, stats)
@@ -219,11 +249,14 @@ class LocalExecutor:
         marker = self.store.read_marker("design")
         return int(marker["shards"]) if marker else 0
 
-    def _context(self, stage: Stage, progress: _Progress | None) -> StageContext:
+    def _context(
+        self, stage: Stage, progress: _Progress | None, watch: FailureWatch | None = None
+    ) -> StageContext:
         return StageContext(
             config=self.config,
             images=self.store.images,
             backends=self.backends.get,
+            watch=watch,
             progress=progress.items if progress is not None else (lambda n: None),
             load_checkpoint=lambda key: self.store.load_checkpoint(stage.name, key),
             save_checkpoint=lambda key, value: self.store.save_checkpoint(stage.name, key, value),
@@ -236,49 +269,82 @@ class LocalExecutor:
         if stage.global_scope:
             self._run_global(stage)
             return
-        shards = [s for s in range(self.shard_count()) if not self.store.is_done(stage.name, s)]
+        shards = [s for s in range(self.shard_count()) if not self._up_to_date(stage, s)]
         if not shards:
             return
         bar = self._progress(stage, len(shards))
+        watch = self._watch(stage)  # one for all shards: judges the stage's first items
+        markers = _DeferredMarkers(self.store, watch)
         try:
             for shard in shards:
                 inputs = {name: self.store.read_rows(name, shard) for name in stage.reads}
-                ctx = self._context(stage, bar)
+                read = {name: self.store.table_digest(name, shard) for name in stage.reads}
+                ctx = self._context(stage, bar, watch)
                 started = time.perf_counter()
                 usage_before = self.backends.usage(stage.roles)
                 rows = stage.run(ctx, inputs)
-                ctx.stats.usage.update(_usage_delta(usage_before, self.backends.usage(stage.roles)))
-                self.store.write_rows(stage.name, shard, rows, SCHEMAS[stage.name])
-                self.store.mark_done(
+                ctx.stats.add_usage(_usage_delta(usage_before, self.backends.usage(stage.roles)))
+                digest = self.store.write_rows(stage.name, shard, rows, SCHEMAS[stage.name])
+                markers.mark_done(
                     stage.name,
                     shard,
                     {
                         "rows": len(rows),
+                        "table_sha256": digest,
+                        "inputs": read,
                         "seconds": round(time.perf_counter() - started, 3),
                         "stats": ctx.stats.to_dict(),
                     },
                 )
                 if bar is not None:
                     bar.shard_done()
+            markers.flush()
         finally:
             if bar is not None:
                 bar.close()
 
+    def _watch(self, stage: Stage) -> FailureWatch:
+        return FailureWatch(stage.name, self.config.retry.stop_after_failures)
+
+    def _inputs_read(self, names: tuple[str, ...]) -> dict[str, list[str | None]]:
+        """The digest of every shard table of `names`: what a global step reads."""
+        shards = range(self.shard_count())
+        return {name: [self.store.table_digest(name, shard) for shard in shards] for name in names}
+
+    def _up_to_date(self, stage: Stage, shard: int) -> bool:
+        """Done, and the tables it read are still the ones there now (an upstream shard redone
+        after damage may, with a non-deterministic model, have come back different)."""
+        marker = self.store.read_marker(stage.name, shard)
+        if marker is None:
+            return False
+        read = marker.get("inputs")  # absent in markers of older nhr versions
+        return read is None or read == {
+            name: self.store.table_digest(name, shard) for name in stage.reads
+        }
+
+    def _global_up_to_date(self, name: str, reads: tuple[str, ...]) -> bool:
+        marker = self.store.read_marker(name)
+        if marker is None:
+            return False
+        read = marker.get("inputs")
+        return read is None or read == self._inputs_read(reads)
+
     def _run_global(self, stage: Stage) -> None:
-        if self.store.is_done(stage.name):
+        if self._global_up_to_date(stage.name, stage.reads):
             return
         shard_total = self.shard_count()
+        read = self._inputs_read(stage.reads)
         inputs = {
             name: {shard: self.store.read_rows(name, shard) for shard in range(shard_total)}
             for name in stage.reads
         }
         bar = self._progress(stage, 1)
         try:
-            ctx = self._context(stage, bar)
+            ctx = self._context(stage, bar, self._watch(stage))
             started = time.perf_counter()
             usage_before = self.backends.usage(stage.roles)
             rows_by_shard = stage.run(ctx, inputs)
-            ctx.stats.usage.update(_usage_delta(usage_before, self.backends.usage(stage.roles)))
+            ctx.stats.add_usage(_usage_delta(usage_before, self.backends.usage(stage.roles)))
             if bar is not None:
                 bar.shard_done()
         finally:
@@ -289,25 +355,32 @@ class LocalExecutor:
             if stage.name == "design"
             else range(shard_total)
         )
-        for shard in shards:
+        tables = [
             self.store.write_rows(
                 stage.name, shard, rows_by_shard.get(shard, []), SCHEMAS[stage.name]
             )
+            for shard in shards
+        ]
         self.store.mark_done(
             stage.name,
             None,
             {
                 "shards": len(shards),
+                "tables": tables,
+                "table_rows": [len(rows_by_shard.get(shard, [])) for shard in shards],
+                "inputs": read,
                 "seconds": round(time.perf_counter() - started, 3),
                 "stats": ctx.stats.to_dict(),
             },
         )
 
-    def _export(self) -> None:
-        if self.store.is_done(EXPORT):
-            return
-        started = time.perf_counter()
+    def _export(self, force: bool = False) -> None:
         release = release_stage(self.config)
+        reads = ("design", "generate", "edit", "validate", release)
+        if not force and self._global_up_to_date(EXPORT, reads):
+            return
+        read = self._inputs_read(reads)
+        started = time.perf_counter()
         triplets = sum(
             1
             for shard in range(self.shard_count())
@@ -323,6 +396,7 @@ class LocalExecutor:
             None,
             {
                 "summary": summary,
+                "inputs": read,
                 "seconds": round(time.perf_counter() - started, 3),
                 "stats": stats.to_dict(),
             },

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
 
+from nhr.calls import FailureWatch, WatchedBackend
 from nhr.config import NhrConfig
 from nhr.stats import StageStats
 from nhr.store import ImageStore
@@ -23,9 +24,12 @@ class StageContext:
     progress: Callable[[int], None] = lambda n: None
     load_checkpoint: Callable[[str], Any] = lambda key: None
     save_checkpoint: Callable[[str, Any], None] = lambda key, value: None
+    # Shared by every shard of one stage run: stops the run when a backend is broken.
+    watch: FailureWatch | None = None
 
     def backend(self, role: str) -> Any:
-        return self.backends(role)
+        backend = self.backends(role)
+        return backend if self.watch is None else WatchedBackend(backend, role, self.watch)
 
     def model_info(self, role: str) -> str:
         """The exact model identity recorded into each row this role produced."""

@@ -5,6 +5,12 @@
 with category "A & B" (the inverse of edit 1's operation, then edit 2's). Ordered pairs, one or
 both directions, at most `max_per_source` pairs per source (a seeded random subset).
 
+Two edits are composed only when they are independent (`composable`): neither is a composite
+the designer wrote (it already combines other edits of the same prompt, so pairing it with
+one of them would name an object twice: "put the basket back and remove the basket, the chair
+and the teapot"), they do not set the same global attribute, and they do not name the same
+thing (one would act on what the other changed, or undo it).
+
 By default composites are re-validated, since two correct halves do not always make a correct
 whole. Every candidate that passed the validator is an accepted edit, not only the best one
 kept per pair, so a pair of edits can be composed from several candidate images: up to
@@ -14,6 +20,7 @@ pair as soon as one passes. The first passing combination is the composite.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from nhr import taxonomy
@@ -37,6 +44,47 @@ def conflicting(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Two global edits of the same kind ("make it sunset" + "make it night") set the same
     scene attribute, so their composite instruction would contradict itself."""
     return a["operation"] == b["operation"] and taxonomy.get(a["operation"]).is_global
+
+
+# Words that never name the thing an edit acts on: grammar, edit verbs, places in the frame,
+# colours, sizes and materials (which qualify a thing). What is left of an instruction names
+# its objects; a shared word means two edits may touch the same object. Deliberately
+# conservative: a composite wrongly skipped costs one augmented row, a wrong one teaches a
+# model nonsense.
+_NOT_THINGS = frozenset(
+    """
+    a an the and or then also please can could you it its them they this that these those all
+    both each of to from with for in into on onto at near by over under above below behind
+    beside next between out up down off away back instead
+    remove get rid take erase delete lose add put place insert replace swap turn change make
+    paint recolour recolor colour color give move shift slide relocate scale enlarge shrink
+    left right top bottom middle center centre side corner upper lower front edge
+    bigger smaller larger large small medium medium-sized tiny huge big much lot little more less
+    red orange yellow green blue purple pink brown black white gray grey teal gold silver beige
+    plain striped dotted polka-dot checkered wooden wood metal metallic glass pattern finish
+    material picture image photo scene
+    """.split()
+)
+_WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
+
+
+def named_things(instruction: str) -> set[str]:
+    """The words of an instruction that may name the objects it acts on (singular)."""
+    words = set()
+    for word in _WORD.findall(instruction.lower()):
+        if word in _NOT_THINGS:
+            continue
+        if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+            word = word[:-1]
+        words.add(word)
+    return words
+
+
+def composable(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether forward triplets `a` and `b` of one source make a sound composite."""
+    if a["composite"] or b["composite"] or conflicting(a, b):
+        return False
+    return not named_things(a["instruction"]) & named_things(b["instruction"])
 
 
 def accepted_images(inputs: dict[str, Any]) -> dict[tuple[str, str], list[tuple[float, str, str]]]:
@@ -85,7 +133,7 @@ class ComposeStage:
                 for b in forwards
                 if a is not b
                 and a["triplet_id"] in inverse_of
-                and not conflicting(a, b)
+                and composable(a, b)
                 and (settings.both_directions or a["triplet_id"] < b["triplet_id"])
             ]
             if settings.max_per_source is not None:

@@ -1,12 +1,14 @@
-"""Stage 1, design: an LLM writes batches of {prompt, edits} items for the brief.
+"""Stage 1, design: an LLM writes batches of {prompt, style, edits} items for the brief.
 
 Batch j asks for the operation at j in the brief's operation cycle, with its own seed, so
 every batch is reproducible and the prompt list is the same prefix whatever the batch count.
 A batch holds at most B items, fewer when the run is too small for every operation of the
-cycle to get a batch of B. Each batch's
-parsed answer is checkpointed, so a killed run never pays twice for a design call. Items are
+cycle to get a batch of B. Batches are asked for in rounds of at most `ROUND_BATCHES` and
+each batch's parsed answer is checkpointed when its round ends, so the requests in memory do
+not grow with `run.prompts` and a killed run never pays twice for a design call. Items are
 checked one by one: a bad item is dropped with a reason; an answer with no JSON array is
-re-asked and finally recorded as a failed batch.
+re-asked and finally recorded as a failed batch. Each prompt's `style` is the one its item
+names (`item_style`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from nhr.calls import Failure, call_model
 from nhr.ids import derive_seed, stable_id
 from nhr.parsing import ParseError, extract_json
 from nhr.stages.base import StageContext, template
+
+UNSPECIFIED_STYLE = "unspecified"
+
+# Design calls sent at once: enough to keep a concurrent API busy (default 16 in flight), few
+# enough that the requests in memory and the answers lost to a kill stay small.
+ROUND_BATCHES = 64
 
 
 def batch_operation(config, batch_index: int) -> str:
@@ -86,12 +94,19 @@ def clean_item(item: Any) -> tuple[str, list[dict[str, Any]]] | str:
     return " ".join(prompt.split()), edits
 
 
-def guess_style(prompt: str, styles: list[str]) -> str:
-    lowered = prompt.lower()
-    for style in styles:
-        if style.lower() in lowered:
-            return style
-    return "unspecified"
+def item_style(item: dict[str, Any], styles: list[str]) -> str:
+    """The style a designed item says its prompt is written in (its "style" field).
+
+    A style of the brief, named with other case or spacing, is recorded as the brief spells
+    it; any other style is recorded as the designer said it (an off-brief style is a fact about
+    the data, not something to hide); an item that names none is "unspecified". The prompt
+    text is never searched: "a photo of a noir poster" says nothing reliable about its style.
+    """
+    said = item.get("style")
+    if not isinstance(said, str) or not said.strip():
+        return UNSPECIFIED_STYLE
+    said = " ".join(said.split())
+    return next((style for style in styles if style.lower() == said.lower()), said)
 
 
 class DesignStage:
@@ -110,7 +125,7 @@ class DesignStage:
         seen_prompts: set[str] = set()
         next_batch = 0
         while len(prompts) < wanted and next_batch < max_batches:
-            needed = math.ceil((wanted - len(prompts)) / batch_size)
+            needed = min(math.ceil((wanted - len(prompts)) / batch_size), ROUND_BATCHES)
             indices = list(range(next_batch, min(next_batch + needed, max_batches)))
             next_batch = indices[-1] + 1
             for batch_index, answer in zip(indices, self._answers(ctx, indices)):
@@ -179,7 +194,7 @@ class DesignStage:
                     "prompt_index": index,
                     "prompt": prompt,
                     "operation": operation,
-                    "style": guess_style(prompt, config.brief.styles),
+                    "style": item_style(item, config.brief.styles),
                     "edits": [
                         {
                             "edit_id": stable_id(prompt_id, "edit", k, edit["instruction"]),

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nhr.records import OK
-from nhr.store import RunStore, atomic_write_bytes
+from nhr.store import DamagedImageError, RunStore, atomic_write_bytes, dir_mode
 
 ROW_GROUP = 32
 
@@ -123,10 +123,23 @@ def shard_rows(store: RunStore, shard: int, release: str) -> list[dict[str, Any]
 
 
 def _with_image_bytes(store: RunStore, row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its images embedded. `images.get` checks each image's bytes against its
+    name and each PNG's structure and checksums are checked, so no truncated or damaged image
+    is ever released (`nhr verify` also decodes every pixel; too slow to do here at 1 MP)."""
+    from nhr.verify import decode_problem
+
     row = dict(row)
     for column in ("source_image", "edited_image"):
         digest = row[column]
-        row[column] = {"bytes": store.images.get(digest), "path": f"{digest}.png"}
+        data = store.images.get(digest)
+        problem = decode_problem(data, full=False)
+        if problem is not None:
+            raise DamagedImageError(
+                store.images.path(digest),
+                f"image does not decode ({problem})",
+                "delete it and run `nhr mine` again to redo the shard that made it",
+            )
+        row[column] = {"bytes": data, "path": f"{digest}.png"}
     return row
 
 
@@ -138,6 +151,7 @@ def write_dataset(
     target = store.root / "dataset"
     staging = Path(tempfile.mkdtemp(dir=store.root, prefix=".dataset-"))
     try:
+        staging.chmod(dir_mode())  # mkdtemp makes it 0700; the dataset is for others to read
         data_dir = staging / "data"
         data_dir.mkdir()
         file_count = max(1, -(-len(rows) // rows_per_file))
@@ -151,12 +165,18 @@ def write_dataset(
                     writer.write_table(pa.Table.from_pylist(group, schema=DATASET_SCHEMA))
         summary = summarize(rows)
         atomic_write_bytes(staging / "README.md", dataset_card(summary).encode("utf-8"))
+        # The old dataset stays whole until the new one is complete; a kill between the two
+        # renames leaves a `.dataset-*` folder that the next start cleans up.
         if target.exists():
-            shutil.rmtree(target)
+            target.rename(Path(tempfile.mkdtemp(dir=store.root, prefix=".dataset-old-")) / "old")
         staging.rename(target)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = str(target)  # pyarrow's write errors name no file
         raise
+    for old in store.root.glob(".dataset-old-*"):
+        shutil.rmtree(old, ignore_errors=True)
     return summary
 
 

@@ -20,6 +20,7 @@ from nhr.backends.sim.config import SimBackendConfig
 from nhr.backends.sim.editor import edit_png
 from nhr.backends.sim.faults import FaultInjector
 from nhr.backends.sim.generator import generate_png
+from nhr.backends.sim.tasks import text_task
 from nhr.backends.sim.world import digest
 
 T = TypeVar("T")
@@ -33,8 +34,8 @@ class SimBackend:
     text and vision, by the prompt template in the request.
     """
 
-    def __init__(self, config: SimBackendConfig | None = None) -> None:
-        self.config = config or SimBackendConfig()
+    def __init__(self, config: SimBackendConfig) -> None:
+        self.config = config
         self._faults = FaultInjector(self.config.faults, self.config.model)
 
     def info(self) -> CallInfo:
@@ -145,12 +146,8 @@ class SimBackend:
 
 
 def _chat_task(request: TextRequest) -> str:
-    text = "\n".join(m.content for m in request.messages)
-    if "Original description" in text and "Forward instruction" in text:
-        return "invert"
-    if "Operation:" in text:
-        return "design"
-    return "other"
+    task = text_task("\n".join(m.content for m in request.messages))
+    return "other" if task == "unknown" else task
 
 
 def _vision_task(request: VisionRequest) -> str:

@@ -32,6 +32,7 @@ from nhr.backends.sim.grammar import (
     slot_at,
     slot_to,
 )
+from nhr.backends.sim.tasks import text_task
 from nhr.backends.sim.world import (
     ATTR_VALUES,
     BACKGROUNDS,
@@ -67,6 +68,10 @@ SUPPORTED_OPERATIONS: tuple[str, ...] = (
     "style_transfer",
 )
 MAX_BATCH = 500  # a design request asking for more gets this many items
+# The answer to a request that is neither template (see tasks.py).
+UNKNOWN_TASK_ANSWER = (
+    "I design image-editing data. Send a design brief or an instruction to invert."
+)
 
 # --- phrase tables -----------------------------------------------------------------------
 
@@ -241,25 +246,30 @@ _TOPIC_KINDS: dict[str, tuple[str, ...]] = {
 
 def answer(text: str, seed: int | None, config: SimBackendConfig) -> str:
     """The LLM's answer to one chat request (all messages joined)."""
-    if "Original description" in text and "Forward instruction" in text:
+    task = text_task(text)
+    if task == "invert":
         return invert(text, seed, config)
-    if re.search(r"Operation:", text) and re.search(r"exactly\s+\d+\s+items", text):
+    if task == "design":
         return design(text, seed, config)
-    return "I design image-editing data. Send a design brief or an instruction to invert."
+    return UNKNOWN_TASK_ANSWER
 
 
 def design(text: str, seed: int | None, config: SimBackendConfig) -> str:
-    """A JSON array of {prompt, edits} items for the requested operation and batch size."""
-    rnd = rng("design", config.model, seed, text)
+    """A JSON array of {prompt, style, edits} items for the requested operation and batch size.
+
+    The answer depends only on what is read from the request (and the seed), not on the rest
+    of its wording, so rewording design.txt does not change the simulated world."""
     op_match = re.search(r"Operation:\s*([A-Za-z_]+)", text)
     operation = op_match.group(1).lower() if op_match else ""
     count_match = re.search(r"exactly\s+(\d+)\s+items", text)
     count = min(MAX_BATCH, int(count_match.group(1))) if count_match else 1
+    topic, styles_line = _line(text, "Topic"), _line(text, "Styles to vary over")
+    rnd = rng("design", config.model, seed, operation, count, topic, styles_line)
     if operation not in SUPPORTED_OPERATIONS:
         body = "[]"
     else:
-        kinds = _topic_kinds(_line(text, "Topic"))
-        styles = _style_pool(_line(text, "Styles to vary over"))
+        kinds = _topic_kinds(topic)
+        styles = _style_pool(styles_line)
         offset = rnd.randrange(5)
         items = [
             _design_item(operation, index, offset, kinds, styles, rnd) for index in range(count)
@@ -292,16 +302,20 @@ def _topic_kinds(topic: str) -> list[str]:
     return kinds or list(BACKGROUNDS)
 
 
-def _style_pool(styles: str) -> list[str]:
-    pool: list[str] = []
-    for item in styles.split(","):
-        item = item.strip().lower()
+def _style_pool(styles: str) -> dict[str, str]:
+    """The simulator's styles the brief asks for, each with the brief's name for it (the first
+    brief style that maps to it), which a design item reports as its style. A brief naming no
+    style the simulator can draw gets all of them, reported under their own names."""
+    pool: dict[str, str] = {}
+    for label in styles.split(","):
+        label = label.strip()
+        item = label.lower()
         style = scene_words(item).get("style")
         if style is None:
             style = next((v for k, v in _STYLE_ALIASES.items() if k in item), None)
         if style and style not in pool:
-            pool.append(style)
-    return pool or list(STYLES)
+            pool[style] = label
+    return pool or {style: style for style in STYLES}
 
 
 # --- designing one item ------------------------------------------------------------------------
@@ -374,7 +388,12 @@ def _the(obj: Ref, rnd: random.Random, size: bool = False) -> str:
 
 
 def _design_item(
-    operation: str, index: int, offset: int, kinds: list[str], styles: list[str], rnd: random.Random
+    operation: str,
+    index: int,
+    offset: int,
+    kinds: list[str],
+    styles: dict[str, str],
+    rnd: random.Random,
 ) -> dict[str, object]:
     if operation == "remove_object":
         n_objects = 1 + (index + offset) % 5
@@ -382,10 +401,11 @@ def _design_item(
         n_objects = rnd.randint(1, 4)
     else:
         n_objects = rnd.randint(1, 5)
-    spec = _sample_spec(rnd, n_objects, kinds, styles)
+    spec = _sample_spec(rnd, n_objects, kinds, list(styles))
     edits = _design_edits(operation, spec, rnd)
     return {
         "prompt": write_prompt(spec, rnd),
+        "style": styles[spec.style or DEFAULT_STYLE],
         "edits": [{"instruction": text, "composite": composite} for text, composite in edits],
     }
 

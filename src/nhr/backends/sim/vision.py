@@ -15,26 +15,21 @@ from nhr.backends.base import BackendError, PermanentBackendError, VisionRequest
 from nhr.backends.sim.config import SimBackendConfig
 from nhr.backends.sim.grammar import parse_prompt
 from nhr.backends.sim.render import read_meta
+from nhr.backends.sim.tasks import vision_task
 from nhr.backends.sim.truth import aesthetics, assess
 from nhr.backends.sim.world import Scene, digest, rng, scene_defects, uniform
 
 _INSTRUCTION = re.compile(r"^\s*Instruction:\s*(.+?)\s*$", re.MULTILINE)
 _PROMPT = re.compile(r"Text-to-image prompt:\s*(.+?)\s*$", re.MULTILINE)
+# The answer to a request filled from none of the vision templates (see tasks.py).
+UNKNOWN_TASK_ANSWER = "I can only judge images for image-editing data."
 _YES = ("Yes", "Yes", "Yes.", "yes", "Yes")
 _NO = ("No", "No", "No.", "no", "No")
 
 
 def detect_task(text: str) -> str:
     """Which template a vision prompt was filled from: score, unwanted, gate or aesthetic."""
-    if "InstructionAdherence" in text:
-        return "score"
-    if "unwanted changes" in text:
-        return "unwanted"
-    if "Text-to-image prompt:" in text:
-        return "gate"
-    if "aesthetically pleasing" in text:
-        return "aesthetic"
-    return "unknown"
+    return vision_task(text)
 
 
 def request_key(request: VisionRequest) -> bytes:
@@ -82,7 +77,7 @@ def answer(request: VisionRequest, config: SimBackendConfig) -> str | BackendErr
     task = detect_task(text)
     key = request_key(request)
     if task == "unknown":
-        return "I can only judge images for image-editing data."
+        return UNKNOWN_TASK_ANSWER
     if not request.images:
         return PermanentBackendError("invalid_request", "no image given")
     if task in ("score", "unwanted") and len(request.images) < 2:
