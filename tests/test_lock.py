@@ -23,7 +23,7 @@ while time.time() < start:
     pass
 try:
     with RunLock(run_dir):
-        time.sleep(0.3)
+        time.sleep(1.0)  # long enough that the other process of the pair tries meanwhile
 except RunLockedError as error:
     print(error)
     sys.exit(2)
@@ -31,7 +31,7 @@ except RunLockedError as error:
 
 
 def test_two_miners_started_at_the_same_instant_one_wins(tmp_path):
-    start = time.time() + 1.5  # every process is up and waiting by then
+    start = time.time() + 3.0  # every process is up and waiting by then, even on a busy CI
     runs = [tmp_path / f"run{trial}" for trial in range(10)]
     processes = [
         subprocess.Popen(

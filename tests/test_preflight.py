@@ -85,10 +85,8 @@ def test_a_sim_config_needs_no_network(monkeypatch):
         raise AssertionError("a sim-only preflight asked the network")
 
     monkeypatch.setattr("urllib.request.urlopen", no_network)
-    started = time.monotonic()
     checks = run_preflight(parse_config(small_config_dict()))
     assert checks and all(check.ok for check in checks)
-    assert time.monotonic() - started < 2
 
 
 def test_roles_no_stage_uses_are_not_checked():
