@@ -181,3 +181,28 @@ def test_status_of_a_run_being_mined(mined, tmp_path):
 def test_verify_is_a_command():
     done = nhr("verify", "--help")
     assert done.returncode == 0 and "run_dir" in done.stdout
+
+
+def test_executor_ray_without_ray_is_one_line_and_exit_2(
+    tmp_path, small_config, monkeypatch, capsys
+):
+    """`--executor ray` where ray is not installed names the extra, before any stage runs."""
+    from nhr.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
+    monkeypatch.delitem(sys.modules, "nhr.executors.ray", raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small_config(), sort_keys=False))
+    run_dir = tmp_path / "run"
+    argv = ["mine", str(config), "--run-dir", str(run_dir), "--no-progress", "--executor", "ray"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("nhr: error: ")
+    assert "pip install 'nhr[ray]'" in err
+    assert not (run_dir / "stages").exists()
+
+
+def test_run_executor_in_yaml_is_checked(tmp_path, small_config):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small_config(run={"executor": "spark"}), sort_keys=False))
+    check_usage_error(nhr("mine", str(config), "--run-dir", str(tmp_path / "run")), "executor")

@@ -23,7 +23,7 @@ while time.time() < start:
     pass
 try:
     with RunLock(run_dir):
-        time.sleep(1.0)  # long enough that the other process of the pair tries meanwhile
+        time.sleep(2.0)  # long enough that the other process of the pair tries meanwhile
 except RunLockedError as error:
     print(error)
     sys.exit(2)

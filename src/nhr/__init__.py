@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from nhr.config import NhrConfig
-    from nhr.executors.local import MineResult
+    from nhr.run import MineResult
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> NhrConfig:
@@ -32,6 +32,8 @@ def mine(
     redo_from: str | None = None,
     progress: bool = False,
     preflight: bool = True,
+    executor: str | None = None,
+    ray_address: str | None = None,
 ) -> MineResult:
     """Mine (or resume) a run. `config` is a YAML path, a dict or an `NhrConfig`.
 
@@ -42,10 +44,14 @@ def mine(
     to one model all fail for the same reason) raises `nhr.calls.BrokenBackendError`; finished
     shards are kept and calling `mine` again resumes. A run that finishes but releases no
     triplet returns normally (the CLI exits 3): `result.stats["dataset"]["rows"]` is 0 and
-    each stage's `failed` and `dropped` counters say why."""
+    each stage's `failed` and `dropped` counters say why.
+
+    `executor` is `local` (this process, the default: `run.executor`) or `ray` (actor pools
+    per model role on a Ray cluster; needs `pip install 'nhr[ray]'`). `ray_address` (or
+    RAY_ADDRESS) picks the cluster; with neither, a local Ray instance is started."""
     from nhr.config import ConfigError, NhrConfig, parse_config
-    from nhr.executors.local import LocalExecutor, prepare_run_dir
     from nhr.lock import RunLock
+    from nhr.run import create_executor, prepare_run_dir
     from nhr.store import RunStore
 
     if isinstance(config, (str, Path)):
@@ -64,10 +70,19 @@ def mine(
         from nhr.preflight import run_preflight
 
         run_preflight(config)
+    executor = executor or config.run.executor
     store = RunStore(run_dir)
     with RunLock(store.root):  # one miner per run directory
-        prepare_run_dir(store, config, redo_from)
-        return LocalExecutor(config, store, show_progress=progress).run()
+        # first, so a missing extra stops the run before the run directory is touched
+        runner = create_executor(
+            executor, config, store, show_progress=progress, ray_address=ray_address
+        )
+        try:
+            prepare_run_dir(store, config, redo_from)
+        except BaseException:
+            runner.close()
+            raise
+        return runner.run()
 
 
 __all__ = ["__version__", "load_config", "mine"]

@@ -36,6 +36,7 @@ from nhr.backends.base import BackendError, BackendSetupError, MissingExtraError
 from nhr.config import RetrySection
 from nhr.parsing import ParseError
 from nhr.stats import StageStats
+from nhr.store import restore_error
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,11 @@ class BrokenBackendError(RuntimeError):
             + ". Finished work is kept; run the same command again to resume."
         )
         self.stage, self.role, self.model, self.reason = stage, role, model, reason
+
+    def __reduce__(self):
+        # its own message and fields, so it crosses process boundaries (a Ray worker raises
+        # it, the driver stops the run with the same message)
+        return (restore_error, (type(self), str(self), self.__dict__))
 
 
 @dataclass

@@ -32,6 +32,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     mine.add_argument("--no-progress", action="store_true", help="no progress bars")
     mine.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="who runs the stages: local (this process; default: run.executor) or ray "
+        "(actor pools per model role; pip install 'nhr[ray]')",
+    )
+    mine.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="Ray cluster to use with --executor ray (default: RAY_ADDRESS; with neither, a "
+        "local Ray instance is started)",
+    )
+    mine.add_argument(
         "--skip-preflight",
         action="store_true",
         help="do not check extras, keys and servers before mining",
@@ -83,6 +95,8 @@ def _mine(args: argparse.Namespace) -> int:
         redo_from=args.redo_from,
         progress=not args.no_progress,
         preflight=not args.skip_preflight,
+        executor=args.executor,
+        ray_address=args.ray_address,
     )
     dataset = result.stats["dataset"] or {}
     print(f"mined {dataset.get('rows', 0)} triplets into {result.run_dir / 'dataset'}")
@@ -156,6 +170,7 @@ def _export(args: argparse.Namespace) -> int:
     from nhr.executors.local import LocalExecutor
     from nhr.lock import RunLock
     from nhr.pipeline import release_stage
+    from nhr.run import shard_count
     from nhr.store import RunStore
 
     store = RunStore(args.run_dir)
@@ -165,7 +180,7 @@ def _export(args: argparse.Namespace) -> int:
     config = parse_config(data)
     executor = LocalExecutor(config, store, show_progress=False)
     release = release_stage(config)
-    shards = executor.shard_count()
+    shards = shard_count(store)
     if not shards or not all(store.is_done(release, s) for s in range(shards)):
         raise _UsageError(f"the run has not finished '{release}' yet; finish it with `nhr mine`")
     with RunLock(store.root):
@@ -253,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # only the errors a user can act on are turned into messages
         from nhr.backends.base import BackendSetupError, MissingExtraError
         from nhr.config import ConfigError
-        from nhr.executors.local import RunConfigError
         from nhr.lock import RunLockedError
         from nhr.preflight import PreflightError
+        from nhr.run import RunConfigError
         from nhr.store import RunDirError
 
         actionable = (

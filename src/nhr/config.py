@@ -85,6 +85,12 @@ class RunSection(_Section):
         "auto: for API backends (openai, gemini), where calls cost money",
         json_schema_extra=operational(),  # a cached answer is the answer the call gave
     )
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="who runs the stages: local (this process) or ray (actor pools per model "
+        "role on a Ray cluster; --ray-address or RAY_ADDRESS picks it); --executor overrides",
+        json_schema_extra=operational(),  # both executors mine the same rows
+    )
 
 
 class BriefSection(_Section):

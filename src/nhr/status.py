@@ -9,7 +9,7 @@ from nhr.lock import lock_holder
 
 def render_status(run_dir: Path) -> str:
     from nhr.config import parse_config
-    from nhr.executors.local import collect_stats
+    from nhr.run import collect_stats
     from nhr.store import RunStore
 
     store = RunStore(run_dir)

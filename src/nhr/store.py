@@ -48,6 +48,17 @@ class RunDirError(Exception):
         self.path = Path(path)
         self.problem = problem
 
+    def __reduce__(self):  # picklable, so a worker process can raise it to the driver
+        return (restore_error, (type(self), str(self), self.__dict__))
+
+
+def restore_error(cls: type[BaseException], message: str, state: dict[str, Any]):
+    """Unpickle an error whose __init__ takes other arguments than its message."""
+    error = cls.__new__(cls)
+    error.args = (message,)
+    error.__dict__.update(state)
+    return error
+
 
 class DamagedImageError(RunDirError):
     """An image of the store is missing or its bytes do not match its name (its SHA-256).

@@ -36,8 +36,8 @@ def finished_rows(store: RunStore, stage: str) -> list[dict[str, Any]]:
 
 
 def build_report(run_dir: str | Path, target: int = 100_000) -> dict[str, Any]:
-    from nhr.executors.local import collect_stats
     from nhr.pipeline import release_stage
+    from nhr.run import collect_stats
 
     store = RunStore(run_dir)
     raw_config = store.read_config()

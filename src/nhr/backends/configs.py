@@ -44,6 +44,40 @@ def effect_of(field: FieldInfo) -> str | None:
     return extra.get(AFFECTS) if isinstance(extra, dict) else None
 
 
+def scaling_fields() -> dict[str, FieldInfo]:
+    """How one model role scales on an executor with workers (`--executor ray`): `replicas`
+    actors serve the role, each reserving `gpus`, `cpus` and `memory_gb`. Operational: where
+    and how many copies of a model answer never changes an answer. The local executor runs
+    one copy in its own process and ignores them."""
+    return {
+        "replicas": Field(
+            1,
+            ge=1,
+            description="workers (Ray actors) serving this role; each loads the model once",
+            json_schema_extra=operational(),
+        ),
+        "gpus": Field(
+            0.0,
+            ge=0,
+            description="GPUs reserved per replica (fractions share a GPU)",
+            json_schema_extra=operational(),
+        ),
+        "cpus": Field(
+            0.5,
+            gt=0,
+            description="CPUs reserved per replica (fractions are fine: the work is mostly "
+            "waiting for the model)",
+            json_schema_extra=operational(),
+        ),
+        "memory_gb": Field(
+            None,
+            gt=0,
+            description="host memory reserved per replica; default: none reserved",
+            json_schema_extra=operational(),
+        ),
+    }
+
+
 class _Strict(BaseModel):
     # strict: "12" is not a number and "yes" is not a boolean (YAML already types its values)
     model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
@@ -148,6 +182,11 @@ class OpenAIBackendConfig(_Strict):
         description="extra request fields (e.g. vLLM sampling options)",
         json_schema_extra=affects_role(),
     )
+    # how the role scales on executors with workers (see scaling_fields)
+    replicas: int = scaling_fields()["replicas"]
+    gpus: float = scaling_fields()["gpus"]
+    cpus: float = scaling_fields()["cpus"]
+    memory_gb: float | None = scaling_fields()["memory_gb"]
 
 
 class GeminiBackendConfig(_Strict):
@@ -183,6 +222,11 @@ class GeminiBackendConfig(_Strict):
     prices: Prices | None = Field(None, json_schema_extra=operational())
     temperature: float | None = Field(None, ge=0, json_schema_extra=affects_role())
     max_tokens: int | None = Field(None, ge=1, json_schema_extra=affects_role())
+    # how the role scales on executors with workers (see scaling_fields)
+    replicas: int = scaling_fields()["replicas"]
+    gpus: float = scaling_fields()["gpus"]
+    cpus: float = scaling_fields()["cpus"]
+    memory_gb: float | None = scaling_fields()["memory_gb"]
 
 
 class LoraAdapter(_Strict):
@@ -236,6 +280,11 @@ class DiffusersBackendConfig(_Strict):
         description="what `nhr doctor` checks the GPU has free for this model",
         json_schema_extra=operational(),
     )
+    # how the role scales on executors with workers (see scaling_fields)
+    replicas: int = scaling_fields()["replicas"]
+    gpus: float = scaling_fields()["gpus"]
+    cpus: float = scaling_fields()["cpus"]
+    memory_gb: float | None = scaling_fields()["memory_gb"]
 
 
 class TransformersBackendConfig(_Strict):
@@ -275,3 +324,8 @@ class TransformersBackendConfig(_Strict):
         description="what `nhr doctor` checks the GPU has free for this model",
         json_schema_extra=operational(),
     )
+    # how the role scales on executors with workers (see scaling_fields)
+    replicas: int = scaling_fields()["replicas"]
+    gpus: float = scaling_fields()["gpus"]
+    cpus: float = scaling_fields()["cpus"]
+    memory_gb: float | None = scaling_fields()["memory_gb"]

@@ -1,0 +1,340 @@
+"""What every executor shares: the backend pool of a worker, the stage adapter that runs one
+unit of work anywhere, and the stage loop with its resume checks.
+
+A unit is one (stage, shard), or one global stage. `StageAdapter` runs a unit wherever it is
+called (this process, a Ray actor): it reads the unit's inputs, builds the `StageContext` with
+the worker's `BackendPool` (models load once per worker), times the call, takes the backends'
+usage deltas, runs the stage, writes the shard table(s) and returns the completion marker.
+The marker is the commit and only the driver writes it (`Executor`), once it knows the unit is
+worth keeping (see `DeferredMarkers`). Stage code knows none of this.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from nhr import records
+from nhr.backends import create_backend
+from nhr.cache import CachedBackend
+from nhr.calls import FailureWatch
+from nhr.config import NhrConfig
+from nhr.pipeline import build_stages
+from nhr.run import (
+    MineResult,
+    finish_run,
+    global_up_to_date,
+    inputs_read,
+    shard_count,
+    shard_up_to_date,
+)
+from nhr.stages.base import Stage, StageContext
+from nhr.store import RunStore
+
+log = logging.getLogger(__name__)
+
+SCHEMAS = {
+    "design": records.PROMPT,
+    "generate": records.SOURCE,
+    "plausibility": records.GATE,
+    "schedule": records.JOB,
+    "edit": records.CANDIDATE,
+    "prefilter": records.PREFILTER,
+    "validate": records.VALIDATION,
+    "select": records.TRIPLET,
+    "invert": records.TRIPLET,
+    "backward": records.TRIPLET,
+    "compose": records.TRIPLET,
+}
+
+# Backends whose calls cost money: their answers are cached by default (run.request_cache).
+CACHED_BY_DEFAULT = ("openai", "gemini")
+
+
+class BackendPool:
+    """One backend instance per distinct model config, built on first use and kept for the
+    stages that still need it (models load once per worker). `loads` counts the models built,
+    by the role that asked first (a model two roles share with the same config loads once)."""
+
+    def __init__(self, config: NhrConfig, store: RunStore | None = None) -> None:
+        self.models = config.models
+        self.cache_mode = config.run.request_cache
+        self.store = store
+        self._instances: dict[str, Any] = {}
+        self.loads: Counter[str] = Counter()
+
+    def _key(self, role: str) -> str:
+        return json.dumps(getattr(self.models, role).model_dump(mode="json"), sort_keys=True)
+
+    def get(self, role: str) -> Any:
+        key = self._key(role)
+        if key not in self._instances:
+            log.info("loading %s model", role)
+            model = getattr(self.models, role)
+            backend = create_backend(model)
+            if self.store is not None and (
+                self.cache_mode == "on"
+                or (self.cache_mode == "auto" and model.backend in CACHED_BY_DEFAULT)
+            ):
+                backend = CachedBackend(backend, self.store.root / "cache", self.store.images)
+            self._instances[key] = backend
+            self.loads[role] += 1
+        return self._instances[key]
+
+    def usage(self, roles: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        """Cumulative usage counters of the already-built backends serving `roles`."""
+        snapshot = {}
+        for role in roles:
+            key = self._key(role)
+            backend = self._instances.get(key)
+            if backend is not None and hasattr(backend, "usage"):
+                snapshot[key] = dict(backend.usage())
+        return snapshot
+
+    def keep_only(self, roles: set[str]) -> None:
+        """Release the models no remaining stage needs (frees GPU memory between stages)."""
+        wanted = {self._key(role) for role in roles}
+        released = [key for key in self._instances if key not in wanted]
+        for key in released:
+            del self._instances[key]
+        if released:
+            _free_accelerator_memory()
+
+
+def _free_accelerator_memory() -> None:
+    """Collect released models and hand their CUDA memory back, if torch is in use at all."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def usage_delta(before: dict, after: dict) -> dict[str, float]:
+    delta: dict[str, float] = {}
+    for key, counters in after.items():
+        for name, value in counters.items():
+            delta[name] = delta.get(name, 0.0) + value - before.get(key, {}).get(name, 0.0)
+    return delta
+
+
+class StageAdapter:
+    """Runs one unit of a stage in the calling process and returns its completion marker
+    (not written: committing is the driver's job). Reads and writes go to the run directory,
+    so a unit runs the same in the driver or in a worker that sees that directory."""
+
+    def __init__(self, config: NhrConfig, store: RunStore, backends: BackendPool) -> None:
+        self.config = config
+        self.store = store
+        self.backends = backends
+        self.stages = {stage.name: stage for stage in build_stages(config)}
+
+    def _context(
+        self, stage: Stage, watch: FailureWatch | None, progress: Callable[[int], None] | None
+    ) -> StageContext:
+        return StageContext(
+            config=self.config,
+            images=self.store.images,
+            backends=self.backends.get,
+            watch=watch,
+            progress=progress or (lambda n: None),
+            load_checkpoint=lambda key: self.store.load_checkpoint(stage.name, key),
+            save_checkpoint=lambda key, value: self.store.save_checkpoint(stage.name, key, value),
+        )
+
+    def _call(
+        self, stage: Stage, ctx: StageContext, inputs: dict[str, Any]
+    ) -> tuple[Any, float, dict[str, int]]:
+        """Run the stage; its usage delta goes into ctx.stats. Returns (result, seconds,
+        models loaded meanwhile by role)."""
+        started = time.perf_counter()
+        loads_before = Counter(self.backends.loads)
+        usage_before = self.backends.usage(stage.roles)
+        result = stage.run(ctx, inputs)
+        ctx.stats.add_usage(usage_delta(usage_before, self.backends.usage(stage.roles)))
+        loads = dict(sorted((Counter(self.backends.loads) - loads_before).items()))
+        return result, time.perf_counter() - started, loads
+
+    def run_shard(
+        self,
+        stage_name: str,
+        shard: int,
+        watch: FailureWatch | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        stage = self.stages[stage_name]
+        inputs = {name: self.store.read_rows(name, shard) for name in stage.reads}
+        read = {name: self.store.table_digest(name, shard) for name in stage.reads}
+        ctx = self._context(stage, watch, progress)
+        started = time.perf_counter()
+        rows, _, loads = self._call(stage, ctx, inputs)
+        digest = self.store.write_rows(stage.name, shard, rows, SCHEMAS[stage.name])
+        marker = {
+            "rows": len(rows),
+            "table_sha256": digest,
+            "inputs": read,
+            "seconds": round(time.perf_counter() - started, 3),
+            "stats": ctx.stats.to_dict(),
+        }
+        if loads:
+            marker["model_loads"] = loads
+        return marker
+
+    def run_global(
+        self,
+        stage_name: str,
+        watch: FailureWatch | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """A stage over all shards at once: writes one table per shard, returns the marker."""
+        stage = self.stages[stage_name]
+        shard_total = shard_count(self.store)
+        read = inputs_read(self.store, stage.reads)
+        inputs = {
+            name: {shard: self.store.read_rows(name, shard) for shard in range(shard_total)}
+            for name in stage.reads
+        }
+        ctx = self._context(stage, watch, progress)
+        started = time.perf_counter()
+        rows_by_shard, _, loads = self._call(stage, ctx, inputs)
+        shards = (
+            range(max(rows_by_shard, default=-1) + 1)
+            if stage.name == "design"
+            else range(shard_total)
+        )
+        tables = [
+            self.store.write_rows(
+                stage.name, shard, rows_by_shard.get(shard, []), SCHEMAS[stage.name]
+            )
+            for shard in shards
+        ]
+        marker = {
+            "shards": len(shards),
+            "tables": tables,
+            "table_rows": [len(rows_by_shard.get(shard, [])) for shard in shards],
+            "inputs": read,
+            "seconds": round(time.perf_counter() - started, 3),
+            "stats": ctx.stats.to_dict(),
+        }
+        if loads:
+            marker["model_loads"] = loads
+        return marker
+
+
+class Progress:
+    """One progress bar per stage: units done out of units to do, with the number of items
+    (model requests) finished so far, so a long shard still shows movement."""
+
+    def __init__(self, stage: str, shards: int) -> None:
+        from tqdm import tqdm
+
+        self.count = 0
+        self.bar = tqdm(total=shards, desc=f"{stage:>12}", unit="shard", dynamic_ncols=True)
+
+    def items(self, count: int) -> None:
+        self.count += count
+        self.bar.set_postfix_str(f"{self.count} items", refresh=True)
+
+    def shard_done(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class DeferredMarkers:
+    """Completion markers of one stage run (of one worker, on executors with several). While
+    the FailureWatch that judged their items is undecided (every item sent to some model so
+    far failed, too few yet to judge), markers wait: if the backend turns out broken, those
+    shards are redone by the next run instead of being kept with rows that all failed."""
+
+    def __init__(self, store: RunStore, watch: FailureWatch | None = None) -> None:
+        self.store = store
+        self.watch = watch
+        self._pending: list[tuple[str, int, dict[str, Any]]] = []
+
+    def mark_done(
+        self, stage: str, shard: int, marker: dict[str, Any], undecided: bool | None = None
+    ) -> None:
+        """`undecided`: the watch's state as the worker reported it (default: ask `watch`)."""
+        self._pending.append((stage, shard, marker))
+        if not (self.watch.undecided() if undecided is None else undecided):
+            self.flush()
+
+    def flush(self) -> None:
+        for stage, shard, marker in self._pending:
+            self.store.mark_done(stage, shard, marker)
+        self._pending.clear()
+
+
+class Executor(ABC):
+    """The stage loop and its resume checks; subclasses say where units run.
+
+    Stage by stage: a global stage not up to date runs as one unit; a shard stage runs its
+    shards without an up-to-date marker (`run_shards`). Then export and stats (nhr.run)."""
+
+    name = "?"
+
+    def __init__(self, config: NhrConfig, store: RunStore, show_progress: bool = True) -> None:
+        self.config = config
+        self.store = store
+        self.show_progress = show_progress
+        self.stages = build_stages(config)
+        self.stage_seconds: dict[str, float] = {}  # driver wall time per stage run here
+
+    def run(self, reexport: bool = False) -> MineResult:
+        """Run every stage not done yet, then export (`reexport`: export again even if done;
+        the new dataset replaces the old one only once it is complete)."""
+        try:
+            for position, stage in enumerate(self.stages):
+                started = time.perf_counter()
+                if stage.global_scope:
+                    if not global_up_to_date(self.store, stage.name, stage.reads):
+                        self.run_global(stage)
+                else:
+                    count = shard_count(self.store)
+                    pending = [s for s in range(count) if not self.up_to_date(stage, s)]
+                    if pending:
+                        self.run_shards(stage, pending)
+                self.stage_seconds[stage.name] = round(time.perf_counter() - started, 3)
+                self.stage_finished(position)
+        finally:
+            self.close()
+        stats = finish_run(self.store, self.config, reexport)
+        return MineResult(self.store.root, stats, executor=self.name, details=self.details())
+
+    def up_to_date(self, stage: Stage, shard: int) -> bool:
+        return shard_up_to_date(self.store, stage.name, stage.reads, shard)
+
+    def watch(self, stage: Stage) -> FailureWatch:
+        return FailureWatch(stage.name, self.config.retry.stop_after_failures)
+
+    def progress(self, stage: Stage, units: int) -> Progress | None:
+        return Progress(stage.name, units) if self.show_progress else None
+
+    @abstractmethod
+    def run_shards(self, stage: Stage, shards: list[int]) -> None:
+        """Run the pending shards of a shard stage and commit their markers."""
+
+    @abstractmethod
+    def run_global(self, stage: Stage) -> None:
+        """Run a global stage as one unit and commit its marker."""
+
+    def stage_finished(self, position: int) -> None:
+        """Called after each stage (release what later stages do not need)."""
+        return None
+
+    def close(self) -> None:
+        """Called once the stages are done or the run stopped."""
+        return None
+
+    def details(self) -> dict[str, Any]:
+        """What this executor wants to show about how it ran (MineResult.details)."""
+        return {"stage_seconds": dict(self.stage_seconds)}

@@ -1,0 +1,364 @@
+"""The Ray executor: the same stages and run directory, units run by actor pools per model role.
+
+Stage-major: for each stage, its pending shards go to a pool of actors serving the stage's
+first model role (`stage.roles[0]`). The pool's size and each actor's resources come from
+that role's model config: `replicas`, `gpus`, `cpus`, `memory_gb`. An actor builds a
+`BackendPool` in its own process (each model loads once per actor, never per shard), runs
+units through the `StageAdapter` (it reads inputs and writes tables and images itself) and
+returns the unit's marker; the driver commits it. A pool lives while later stages use its role
+(the validator's serves validate, backward and compose), and the next stage's pool starts while
+the current stage runs, so process start-up and imports are not on the critical path.
+
+Stages without a model role (schedule, select) are cheap and run in the driver through the
+same adapter. Global stages with a role (design) run as one unit on one actor of their pool.
+
+Failures: a unit's exception comes back unwrapped (a `BrokenBackendError` stops the run with
+the message and exit code of the local executor). Each actor keeps its own `FailureWatch` per
+stage, and its markers wait while that watch is undecided. A killed actor is restarted by Ray
+and its unit retried (`max_restarts`, `max_task_retries`); if Ray gives up, the driver starts
+a new actor and resubmits the unit, so a lost worker costs at most its unit. A retried unit
+rewrites the same deterministic table, so the dataset is identical.
+
+Known limits of this step: the run directory must be on a disk every worker sees (local, or a
+shared file system); API limits (`limits.*`) apply per replica, not across replicas; the
+failure watch is per actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections import Counter, deque
+from typing import Any
+
+from nhr.backends.base import MissingExtraError
+
+try:
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise MissingExtraError(
+        f"--executor ray needs ray ({error.name or 'ray'} is not installed): pip install 'nhr[ray]'"
+    ) from None
+
+from nhr.config import NhrConfig
+from nhr.executors.base import BackendPool, DeferredMarkers, Executor, StageAdapter
+from nhr.stages.base import Stage
+from nhr.store import RunStore
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 3  # per actor: Ray restarts a dead actor and retries its unit this many times
+MAX_RESUBMITS = 3  # per unit, by the driver, once Ray gave up on an actor
+NAMESPACE = "nhr"
+
+
+class RoleWorker:
+    """One replica of a model role: a BackendPool and a StageAdapter in this process."""
+
+    def __init__(self, config: NhrConfig, root: str) -> None:
+        self.store = RunStore(root)
+        self.backends = BackendPool(config, self.store)
+        self.adapter = StageAdapter(config, self.store, self.backends)
+        self.limit = config.retry.stop_after_failures
+        self.watches: dict[str, Any] = {}
+        self._reported: Counter[str] = Counter()  # model loads already put into a marker
+
+    def setup(self, role: str) -> dict[str, Any]:
+        """Load the role's model, and warm up table reading, while the previous stage still
+        runs (pools start ahead), not in the first unit; returns where this actor runs. An
+        error here (a model that cannot load) comes back with the first unit, raised there
+        again by the lazy load. (A restarted actor skips it: its first unit loads.)"""
+        _warm_up_tables()
+        self.backends.get(role)
+        return self.describe()
+
+    def _loads(self, marker: dict[str, Any]) -> dict[str, Any]:
+        """Count the models this actor loaded since its last marker (setup included)."""
+        loads = Counter(self.backends.loads) - self._reported
+        self._reported = Counter(self.backends.loads)
+        marker.pop("model_loads", None)
+        if loads:
+            marker["model_loads"] = dict(sorted(loads.items()))
+        return marker
+
+    def describe(self) -> dict[str, Any]:
+        """Where this actor runs: pid, node and the GPUs Ray gave it."""
+        return {
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        }
+
+    def _watch(self, stage: str):
+        from nhr.calls import FailureWatch
+
+        if stage not in self.watches:
+            self.watches[stage] = FailureWatch(stage, self.limit)
+        return self.watches[stage]
+
+    def run_shard(self, stage: str, shard: int) -> dict[str, Any]:
+        watch = self._watch(stage)
+        marker = self._loads(self.adapter.run_shard(stage, shard, watch))
+        return {"marker": marker, "undecided": watch.undecided()}
+
+    def run_global(self, stage: str) -> dict[str, Any]:
+        marker = self._loads(self.adapter.run_global(stage, self._watch(stage)))
+        return {"marker": marker, "undecided": False}
+
+
+def _warm_up_tables() -> None:
+    """Write and read a tiny zstd parquet table: the first one costs a process ~0.2 s of CPU,
+    paid here while the previous stage runs instead of at the start of a unit."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"text": ["a"], "values": [[1.0]]}), sink, compression="zstd")
+    pq.read_table(pa.BufferReader(sink.getvalue())).to_pylist()
+
+
+def _unwrap(error: RayTaskError) -> BaseException:
+    """The exception the unit raised, as it was raised (a BrokenBackendError stays one)."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error
+
+
+class _Pool:
+    """The actors serving one model role."""
+
+    def __init__(self, executor: RayExecutor, role: str) -> None:
+        model = getattr(executor.config.models, role)
+        self.role = role
+        self.executor = executor
+        self.options: dict[str, Any] = {
+            "num_cpus": model.cpus,
+            "num_gpus": model.gpus,
+            "max_restarts": MAX_RESTARTS,
+            "max_task_retries": MAX_RESTARTS,
+            "namespace": NAMESPACE,
+        }
+        if model.memory_gb is not None:
+            self.options["memory"] = int(model.memory_gb * 1024**3)
+        # setup results (where each actor runs), read when the pool stops: work starts as soon
+        # as the first actor is up
+        self._setups: list[Any] = [None] * model.replicas
+        self.actors = [self._start(index) for index in range(model.replicas)]
+        self.generations = [0] * model.replicas
+
+    def _start(self, index: int, generation: int = 0):
+        name = f"{self.executor.token}:{self.role}:{index}:{generation}"
+        remote = self.executor.worker_class.options(name=name, **self.options)
+        actor = remote.remote(self.executor.config, str(self.executor.store.root))
+        self._setups[index] = actor.setup.remote(self.role)
+        return actor
+
+    def replace(self, index: int) -> None:
+        """Ray gave up on this actor: start a new one in its place."""
+        try:
+            ray.kill(self.actors[index], no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        self.generations[index] += 1
+        self.actors[index] = self._start(index, self.generations[index])
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Where the pool's first actors ran (pid, node, GPU ids); {} for one never started."""
+        places = []
+        for ref in self._setups:
+            try:
+                places.append(ray.get(ref, timeout=30))
+            except Exception:  # noqa: BLE001 - an actor killed or never placed
+                places.append({})
+        return places
+
+    def described_ok(self) -> bool:
+        """True once every actor answered where it runs (a pool that never ran is skipped)."""
+        ready, _ = ray.wait(self._setups, num_returns=len(self._setups), timeout=0)
+        return len(ready) == len(self._setups)
+
+    def stop(self) -> None:
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+
+class RayExecutor(Executor):
+    name = "ray"
+
+    def __init__(
+        self,
+        config: NhrConfig,
+        store: RunStore,
+        show_progress: bool = True,
+        address: str | None = None,
+    ) -> None:
+        super().__init__(config, store, show_progress)
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        self.token = f"nhr-{uuid.uuid4().hex[:8]}"  # names this run's actors
+        self.worker_class = ray.remote(RoleWorker)  # exported to the cluster once per run
+        self.pools: dict[str, _Pool] = {}
+        # role -> where its actors ran (pid, node, GPU ids), for `MineResult.details`
+        self.placements: dict[str, list[dict[str, Any]]] = {}
+        self._driver: StageAdapter | None = None
+
+    # -- pools ----------------------------------------------------------------------------
+    def _pool(self, role: str) -> _Pool:
+        if role not in self.pools:
+            self.pools[role] = _Pool(self, role)
+        return self.pools[role]
+
+    def _stop(self, role: str) -> None:
+        pool = self.pools.pop(role)
+        if pool.described_ok():
+            self.placements[role] = pool.describe()
+        pool.stop()
+
+    def _prestart(self, position: int) -> None:
+        """Start the pool of the next stage that needs a new one, without waiting for it."""
+        for stage in self.stages[position + 1 :]:
+            if stage.roles:
+                if stage.roles[0] not in self.pools:
+                    self.pools[stage.roles[0]] = _Pool(self, stage.roles[0])
+                return
+
+    def stage_finished(self, position: int) -> None:
+        later = {stage.roles[0] for stage in self.stages[position + 1 :] if stage.roles}
+        for role in [role for role in self.pools if role not in later]:
+            self._stop(role)
+
+    def close(self) -> None:
+        for role in list(self.pools):
+            self._stop(role)
+        if self._owns_ray:
+            ray.shutdown()
+
+    def details(self) -> dict[str, Any]:
+        return {**super().details(), "placements": self.placements}
+
+    def _driver_adapter(self) -> StageAdapter:
+        if self._driver is None:  # stages without a model: no backend is ever built here
+            self._driver = StageAdapter(self.config, self.store, BackendPool(self.config))
+        return self._driver
+
+    # -- units ----------------------------------------------------------------------------
+    def run_global(self, stage: Stage) -> None:
+        position = self.stages.index(stage)
+        bar = self.progress(stage, 1)
+        try:
+            if stage.roles:
+                pool = self._pool(stage.roles[0])
+                self._prestart(position)
+                try:
+                    result = ray.get(pool.actors[0].run_global.remote(stage.name))
+                except RayTaskError as error:
+                    raise _unwrap(error) from None
+                marker = result["marker"]
+            else:
+                self._prestart(position)
+                marker = self._driver_adapter().run_global(stage.name, self.watch(stage))
+            if bar is not None:
+                bar.items(marker["stats"].get("model_calls", 0))
+                bar.shard_done()
+        finally:
+            if bar is not None:
+                bar.close()
+        self.store.mark_done(stage.name, None, marker)
+
+    def run_shards(self, stage: Stage, shards: list[int]) -> None:
+        position = self.stages.index(stage)
+        bar = self.progress(stage, len(shards))
+        try:
+            if not stage.roles:
+                self._prestart(position)
+                self._run_in_driver(stage, shards, bar)
+            else:
+                pool = self._pool(stage.roles[0])
+                self._prestart(position)
+                self._run_on_pool(stage, shards, pool, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _run_in_driver(self, stage: Stage, shards: list[int], bar) -> None:
+        watch = self.watch(stage)
+        markers = DeferredMarkers(self.store, watch)
+        adapter = self._driver_adapter()
+        for shard in shards:
+            marker = adapter.run_shard(stage.name, shard, watch)
+            markers.mark_done(stage.name, shard, marker)
+            self._tick(bar, marker)
+        markers.flush()
+
+    @staticmethod
+    def _tick(bar, marker: dict[str, Any]) -> None:
+        if bar is not None:
+            bar.items(marker["stats"].get("model_calls", 0))
+            bar.shard_done()
+
+    def _unit_size(self, stage: Stage, shard: int) -> int:
+        """Rows the shard feeds the stage, read from the markers of its last input (the
+        table that drives it: edit's jobs, validate's pre-filter survivors)."""
+        source = stage.reads[-1]
+        marker = self.store.read_marker(source, shard)
+        if marker is not None:
+            return int(marker.get("stats", {}).get("rows_out", marker.get("rows", 0)))
+        table_rows = (self.store.read_marker(source) or {}).get("table_rows") or []
+        return int(table_rows[shard]) if shard < len(table_rows) else 0
+
+    def _run_on_pool(self, stage: Stage, shards: list[int], pool: _Pool, bar) -> None:
+        # largest units first, so no actor is left with a big one at the end of the stage
+        if stage.reads:
+            sizes = {shard: self._unit_size(stage, shard) for shard in shards}
+            shards = sorted(shards, key=lambda shard: (-sizes[shard], shard))
+        queue = deque(shards)
+        in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (actor index, shard)
+        resubmits: dict[int, int] = {}
+        # one set of deferred markers per actor: each actor has its own FailureWatch
+        markers = [DeferredMarkers(self.store) for _ in pool.actors]
+
+        def submit(index: int) -> None:
+            if queue:
+                shard = queue.popleft()
+                ref = pool.actors[index].run_shard.remote(stage.name, shard)
+                in_flight[ref] = (index, shard)
+
+        for index in range(len(pool.actors)):
+            submit(index)
+        try:
+            while in_flight:
+                [ref], _ = ray.wait(list(in_flight), num_returns=1)
+                index, shard = in_flight.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayTaskError as error:
+                    raise _unwrap(error) from None
+                except RayActorError:
+                    resubmits[shard] = resubmits.get(shard, 0) + 1
+                    if resubmits[shard] > MAX_RESUBMITS:
+                        raise
+                    log.warning("a %s worker died; its shard %d runs again", pool.role, shard)
+                    markers[index] = DeferredMarkers(self.store)  # its watch died with it
+                    pool.replace(index)
+                    queue.appendleft(shard)
+                    submit(index)
+                    continue
+                markers[index].mark_done(
+                    stage.name, shard, result["marker"], undecided=result["undecided"]
+                )
+                self._tick(bar, result["marker"])
+                submit(index)
+        finally:
+            for ref in in_flight:  # the run stopped: drop the other units (not committed)
+                try:
+                    ray.cancel(ref)
+                except Exception:  # noqa: BLE001 - already finished or its actor gone
+                    pass
+        for pending in markers:
+            pending.flush()

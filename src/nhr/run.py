@@ -1,0 +1,232 @@
+"""What every executor shares around the stages: preparing a run directory (config diff,
+redo, repair), the resume checks of markers, export, stats, and choosing the executor.
+
+    prepare_run_dir -> executor.run() (stages, via nhr/executors) -> finish_run (export, stats)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nhr import records
+from nhr.config import NhrConfig
+from nhr.pipeline import ALL_STAGE_NAMES, EXPORT, build_stages, config_changes, release_stage
+from nhr.pipeline import stage_names as _stage_names
+from nhr.stats import StageStats
+from nhr.store import RunStore, atomic_write_json
+
+if TYPE_CHECKING:
+    from nhr.executors.base import Executor
+
+EXECUTORS = ("local", "ray")
+
+
+class RunConfigError(ValueError):
+    """The run directory holds work made with a different config."""
+
+
+@dataclass
+class MineResult:
+    run_dir: Path
+    stats: dict[str, Any]
+    executor: str = "local"
+    # how the executor ran: driver seconds per stage; for ray, where each role's actors ran
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# -- the run directory before the stages --------------------------------------------------------
+
+
+def prepare_run_dir(store: RunStore, config: NhrConfig, redo_from: str | None) -> None:
+    """Refuse to mix work made under another config; clear stages the user asked to redo."""
+    names = _stage_names(config)
+    if redo_from is not None and redo_from not in names:
+        raise RunConfigError(f"unknown stage {redo_from!r}; stages: {', '.join(names)}")
+    previous = store.read_config()
+    new = config.to_dict()
+    redo_index = names.index(redo_from) if redo_from else len(names)
+    if previous is not None:
+        blocking = [
+            change
+            for change in config_changes(previous, new)
+            if change[0] in names
+            and names.index(change[0]) < redo_index
+            and any(store.has_any_output(s) for s in names[names.index(change[0]) :])
+        ]
+        if blocking:
+            first = blocking[0][0]
+            lines = [f"  {key}: {old!r} -> {new_value!r}" for _, key, old, new_value in blocking]
+            raise RunConfigError(
+                f"the config differs from the one {store.root} was mined with, in settings "
+                f"that change stage '{first}' and every stage after it:\n"
+                + "\n".join(lines)
+                + f"\nTo recompute from there, add --redo-from {first}; "
+                "or mine into a new --run-dir."
+            )
+    remove_partial_files(store.root)
+    if redo_from is not None:
+        stale = set(names[redo_index:]) | (set(ALL_STAGE_NAMES) - set(names))
+        for stage in stale:
+            store.clear_stage(stage)
+        shutil.rmtree(store.root / "dataset", ignore_errors=True)
+    if previous is not None:
+        from nhr.verify import repair
+
+        repair(store, config)  # damaged tables and images: their shards are redone
+    store.write_config(new)
+
+
+def remove_partial_files(root: Path) -> None:
+    """Temp files and export staging folders left by a killed process are never read, only
+    cleaned up: every real file was renamed into place whole."""
+    if not root.exists():
+        return
+    for path in root.rglob(".*.tmp"):
+        path.unlink(missing_ok=True)
+    for path in root.glob(".dataset-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# -- markers: what is done and still up to date --------------------------------------------------
+
+
+def shard_count(store: RunStore) -> int:
+    marker = store.read_marker("design")
+    return int(marker["shards"]) if marker else 0
+
+
+def inputs_read(store: RunStore, names: tuple[str, ...]) -> dict[str, list[str | None]]:
+    """The digest of every shard table of `names`: what a global step reads."""
+    shards = range(shard_count(store))
+    return {name: [store.table_digest(name, shard) for shard in shards] for name in names}
+
+
+def shard_up_to_date(store: RunStore, stage: str, reads: tuple[str, ...], shard: int) -> bool:
+    """Done, and the tables it read are still the ones there now (an upstream shard redone
+    after damage may, with a non-deterministic model, have come back different)."""
+    marker = store.read_marker(stage, shard)
+    if marker is None:
+        return False
+    read = marker.get("inputs")  # absent in markers of older nhr versions
+    return read is None or read == {name: store.table_digest(name, shard) for name in reads}
+
+
+def global_up_to_date(store: RunStore, name: str, reads: tuple[str, ...]) -> bool:
+    marker = store.read_marker(name)
+    if marker is None:
+        return False
+    read = marker.get("inputs")
+    return read is None or read == inputs_read(store, reads)
+
+
+# -- after the stages -------------------------------------------------------------------------
+
+
+def export(store: RunStore, config: NhrConfig, force: bool = False) -> None:
+    """Write the dataset from the released triplets, unless it is up to date (`force`: again)."""
+    from nhr.stages.export import write_dataset
+
+    release = release_stage(config)
+    reads = ("design", "generate", "edit", "validate", release)
+    if not force and global_up_to_date(store, EXPORT, reads):
+        return
+    read = inputs_read(store, reads)
+    started = time.perf_counter()
+    shards = list(range(shard_count(store)))
+    triplets = sum(
+        1
+        for shard in shards
+        for row in store.read_rows(release, shard)
+        if row["status"] == records.OK
+    )
+    summary = write_dataset(store, shards, release, config.export.rows_per_file)
+    stats = StageStats(rows_in=triplets, rows_out=summary["rows"])
+    store.mark_done(
+        EXPORT,
+        None,
+        {
+            "summary": summary,
+            "inputs": read,
+            "seconds": round(time.perf_counter() - started, 3),
+            "stats": stats.to_dict(),
+        },
+    )
+
+
+def finish_run(store: RunStore, config: NhrConfig, reexport: bool = False) -> dict[str, Any]:
+    """Export, then write and return report/stats.json."""
+    export(store, config, force=reexport)
+    stats = collect_stats(store, config)
+    atomic_write_json(store.root / "report" / "stats.json", stats)
+    return stats
+
+
+def collect_stats(store: RunStore, config: NhrConfig) -> dict[str, Any]:
+    """Per-stage counters summed over finished shards, in stage order (stats.json).
+
+    `model_loads` counts the models built per role (on the ray executor: per actor), over
+    every session that mined this run."""
+    shard_stages = {stage.name for stage in build_stages(config) if not stage.global_scope}
+    design = store.read_marker("design")
+    shard_total = int(design["shards"]) if design else None
+    stages = []
+    loads_total: dict[str, int] = {}
+    for name in _stage_names(config):
+        total = StageStats()
+        seconds = 0.0
+        loads: dict[str, int] = {}
+        marker = store.read_marker(name)
+        if marker is not None:
+            markers = [marker]
+            done = shard_total
+        else:
+            markers = [store.read_marker(name, shard) or {} for shard in store.done_shards(name)]
+            done = len(markers)
+        for found in markers:
+            total.merge(StageStats.from_dict(found.get("stats", {})))
+            seconds += found.get("seconds", 0.0)
+            for role, count in (found.get("model_loads") or {}).items():
+                loads[role] = loads.get(role, 0) + int(count)
+                loads_total[role] = loads_total.get(role, 0) + int(count)
+        entry = {"stage": name, "scope": "shard" if name in shard_stages else "global"}
+        entry.update(shards_done=done, shards_total=shard_total, wall_seconds=round(seconds, 3))
+        entry.update(total.to_dict())
+        entry["model_loads"] = dict(sorted(loads.items()))
+        stages.append(entry)
+    export_marker = store.read_marker(EXPORT)
+    return {
+        "run_dir": str(store.root),
+        "complete": export_marker is not None,
+        "stages": stages,
+        "model_loads": dict(sorted(loads_total.items())),
+        "dataset": export_marker["summary"] if export_marker else None,
+    }
+
+
+# -- choosing the executor -------------------------------------------------------------------
+
+
+def create_executor(
+    name: str,
+    config: NhrConfig,
+    store: RunStore,
+    show_progress: bool = True,
+    ray_address: str | None = None,
+) -> Executor:
+    """`local` (this process) or `ray` (needs the `ray` extra; `ray_address` or RAY_ADDRESS
+    picks the cluster, none starts a local Ray instance)."""
+    if name == "local":
+        from nhr.executors.local import LocalExecutor
+
+        return LocalExecutor(config, store, show_progress=show_progress)
+    if name == "ray":
+        from nhr.executors.ray import RayExecutor
+
+        address = ray_address or os.environ.get("RAY_ADDRESS") or None
+        return RayExecutor(config, store, show_progress=show_progress, address=address)
+    raise ValueError(f"unknown executor {name!r}; executors: {', '.join(EXECUTORS)}")
