@@ -13,8 +13,8 @@ import nhr
 from nhr.backends import FAMILIES
 from nhr.backends.configs import OPERATIONAL, ROLE, affects_role
 from nhr.config import ROLES, ModelsSection, NhrConfig, leaf_effects, parse_config
-from nhr.executors.local import RunConfigError
 from nhr.pipeline import ALL_STAGE_NAMES, ROLE_STAGE, build_stages, config_changes
+from nhr.run import RunConfigError
 from nhr.stages.design import design_request, effective_batch_size
 
 

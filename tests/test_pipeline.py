@@ -7,9 +7,9 @@ import pytest
 import nhr
 from helpers import dataset_rows, signature, table_rows
 from nhr.config import parse_config
-from nhr.executors.local import RunConfigError
 from nhr.pipeline import stage_names
 from nhr.records import OK
+from nhr.run import RunConfigError
 
 
 def test_every_stage_reports_in_order(mined, small_config):

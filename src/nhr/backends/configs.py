@@ -44,43 +44,43 @@ def effect_of(field: FieldInfo) -> str | None:
     return extra.get(AFFECTS) if isinstance(extra, dict) else None
 
 
-def scaling_fields() -> dict[str, FieldInfo]:
-    """How one model role scales on an executor with workers (`--executor ray`): `replicas`
-    actors serve the role, each reserving `gpus`, `cpus` and `memory_gb`. Operational: where
-    and how many copies of a model answer never changes an answer. The local executor runs
-    one copy in its own process and ignores them."""
-    return {
-        "replicas": Field(
-            1,
-            ge=1,
-            description="workers (Ray actors) serving this role; each loads the model once",
-            json_schema_extra=operational(),
-        ),
-        "gpus": Field(
-            0.0,
-            ge=0,
-            description="GPUs reserved per replica (fractions share a GPU)",
-            json_schema_extra=operational(),
-        ),
-        "cpus": Field(
-            0.5,
-            gt=0,
-            description="CPUs reserved per replica (fractions are fine: the work is mostly "
-            "waiting for the model)",
-            json_schema_extra=operational(),
-        ),
-        "memory_gb": Field(
-            None,
-            gt=0,
-            description="host memory reserved per replica; default: none reserved",
-            json_schema_extra=operational(),
-        ),
-    }
-
-
 class _Strict(BaseModel):
     # strict: "12" is not a number and "yes" is not a boolean (YAML already types its values)
     model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+
+
+class ModelScaling(_Strict):
+    """How one model role scales on an executor with workers (`--executor ray`): `replicas`
+    actors serve the role, each reserving `gpus`, `cpus` and `memory_gb`. Every backend
+    family's config inherits these keys. Operational: where and how many copies of a model
+    answer never changes an answer. The local executor runs one copy in its own process and
+    ignores them."""
+
+    replicas: int = Field(
+        1,
+        ge=1,
+        description="workers (Ray actors) serving this role; each loads the model once",
+        json_schema_extra=operational(),
+    )
+    gpus: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs reserved per replica (fractions share a GPU)",
+        json_schema_extra=operational(),
+    )
+    cpus: float = Field(
+        0.5,
+        gt=0,
+        description="CPUs reserved per replica (fractions are fine: the work is mostly "
+        "waiting for the model)",
+        json_schema_extra=operational(),
+    )
+    memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="host memory reserved per replica; default: none reserved",
+        json_schema_extra=operational(),
+    )
 
 
 class Prices(_Strict):
@@ -127,7 +127,7 @@ class ApiLimits(_Strict):
     max_backoff_s: float = Field(60.0, ge=0, json_schema_extra=operational())
 
 
-class OpenAIBackendConfig(_Strict):
+class OpenAIBackendConfig(ModelScaling):
     """Any OpenAI-compatible server: OpenAI, vLLM, SGLang, Ollama, llama.cpp, OpenRouter.
 
     `base_url` is operational: it says where the model is served (a vLLM server restarted on
@@ -182,14 +182,9 @@ class OpenAIBackendConfig(_Strict):
         description="extra request fields (e.g. vLLM sampling options)",
         json_schema_extra=affects_role(),
     )
-    # how the role scales on executors with workers (see scaling_fields)
-    replicas: int = scaling_fields()["replicas"]
-    gpus: float = scaling_fields()["gpus"]
-    cpus: float = scaling_fields()["cpus"]
-    memory_gb: float | None = scaling_fields()["memory_gb"]
 
 
-class GeminiBackendConfig(_Strict):
+class GeminiBackendConfig(ModelScaling):
     """Google Gemini through the google-genai SDK: API key or Vertex AI, tuned models too.
 
     Where the model is served (`vertex`, `base_url`) and where its credentials come from are
@@ -222,11 +217,6 @@ class GeminiBackendConfig(_Strict):
     prices: Prices | None = Field(None, json_schema_extra=operational())
     temperature: float | None = Field(None, ge=0, json_schema_extra=affects_role())
     max_tokens: int | None = Field(None, ge=1, json_schema_extra=affects_role())
-    # how the role scales on executors with workers (see scaling_fields)
-    replicas: int = scaling_fields()["replicas"]
-    gpus: float = scaling_fields()["gpus"]
-    cpus: float = scaling_fields()["cpus"]
-    memory_gb: float | None = scaling_fields()["memory_gb"]
 
 
 class LoraAdapter(_Strict):
@@ -237,7 +227,7 @@ class LoraAdapter(_Strict):
     weight_name: str | None = Field(None, json_schema_extra=affects_role())
 
 
-class DiffusersBackendConfig(_Strict):
+class DiffusersBackendConfig(ModelScaling):
     """Text-to-image or instruction-editing pipelines from diffusers (hub id or folder).
 
     `dtype` changes the images (bf16 and fp32 weights draw different pixels); where the
@@ -280,14 +270,9 @@ class DiffusersBackendConfig(_Strict):
         description="what `nhr doctor` checks the GPU has free for this model",
         json_schema_extra=operational(),
     )
-    # how the role scales on executors with workers (see scaling_fields)
-    replicas: int = scaling_fields()["replicas"]
-    gpus: float = scaling_fields()["gpus"]
-    cpus: float = scaling_fields()["cpus"]
-    memory_gb: float | None = scaling_fields()["memory_gb"]
 
 
-class TransformersBackendConfig(_Strict):
+class TransformersBackendConfig(ModelScaling):
     """Local LLMs and VLMs from transformers (chat template; AutoModelForImageTextToText).
 
     Where the model runs (`device`, `attn_implementation`: the same attention computed by
@@ -324,8 +309,3 @@ class TransformersBackendConfig(_Strict):
         description="what `nhr doctor` checks the GPU has free for this model",
         json_schema_extra=operational(),
     )
-    # how the role scales on executors with workers (see scaling_fields)
-    replicas: int = scaling_fields()["replicas"]
-    gpus: float = scaling_fields()["gpus"]
-    cpus: float = scaling_fields()["cpus"]
-    memory_gb: float | None = scaling_fields()["memory_gb"]

@@ -11,20 +11,7 @@ deterministic the result is the same as an uninterrupted run. Before that,
 from __future__ import annotations
 
 from nhr.config import NhrConfig
-from nhr.executors.base import (  # noqa: F401  (BackendPool, SCHEMAS: kept importable here)
-    SCHEMAS,
-    BackendPool,
-    DeferredMarkers,
-    Executor,
-    StageAdapter,
-)
-from nhr.run import (  # noqa: F401  (kept importable from here for older callers)
-    MineResult,
-    RunConfigError,
-    collect_stats,
-    prepare_run_dir,
-    remove_partial_files,
-)
+from nhr.executors.base import BackendPool, DeferredMarkers, Executor, StageAdapter
 from nhr.stages.base import Stage
 from nhr.store import RunStore
 
@@ -70,8 +57,3 @@ class LocalExecutor(Executor):
     def stage_finished(self, position: int) -> None:
         later_roles = {role for s in self.stages[position + 1 :] for role in s.roles}
         self.backends.keep_only(later_roles)
-
-    def shard_count(self) -> int:
-        from nhr.run import shard_count
-
-        return shard_count(self.store)

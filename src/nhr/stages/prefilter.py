@@ -14,7 +14,6 @@ the same in either order, only the attribution of a candidate failing both diffe
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from string import Template
@@ -153,11 +152,7 @@ class PrefilterStage:
         by_source: dict[str, list[int]] = {}
         for index, candidate in enumerate(candidates):
             by_source.setdefault(candidate["source_image"], []).append(index)
-        reading = threading.Lock()  # the image store is not shared between threads
-
-        def read(digest: str) -> bytes:
-            with reading:
-                return ctx.images.get(digest)
+        read = ctx.images.get  # thread-safe: the store guards its own state
 
         def check_source(indices: list[int]) -> None:
             try:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nhr.backends.configs import affects_role, operational, scaling_fields
+from nhr.backends.configs import ModelScaling, affects_role, operational
 
 
 class _Strict(BaseModel):
@@ -172,7 +172,7 @@ class SimInversionErrors(_Strict):
     )
 
 
-class SimBackendConfig(_Strict):
+class SimBackendConfig(ModelScaling):
     """One simulated model; the same class serves every role (designer, generator, judge...).
 
     Every setting changes the simulated answers except `faults.latency_s` (see SimFaults).
@@ -246,8 +246,3 @@ class SimBackendConfig(_Strict):
     generator_errors: SimGeneratorErrors = Field(default_factory=SimGeneratorErrors)
     inversion_errors: SimInversionErrors = Field(default_factory=SimInversionErrors)
     faults: SimFaults = Field(default_factory=SimFaults)
-    # how the role scales on executors with workers (see scaling_fields)
-    replicas: int = scaling_fields()["replicas"]
-    gpus: float = scaling_fields()["gpus"]
-    cpus: float = scaling_fields()["cpus"]
-    memory_gb: float | None = scaling_fields()["memory_gb"]
