@@ -12,14 +12,26 @@ The work waits on simulated models, not on the CPUs, so the scaling is measurabl
 machine. Every run mines the same dataset (checked). Inversion is off to keep it short: it
 adds validator work outside the two measured stages.
 
-    python benchmarks/ray_scaling.py [--prompts 64] [--latency 0.2]
+Before that line it prints the driver's peak memory at 1x and 4x the prompts,
+
+    driver rss ratio 4x/1x: N.NN
+
+from two runs of `nhr mine --executor ray` as their own processes (the driver alone: the
+workers are the cluster's processes), connected to the cluster this script started, with a
+large job pool per prompt (1 image, 64 editor seeds per pair) and a small fixed budget, so
+the rows the driver would hold grow with the prompts while the work after schedule does not.
+
+    python benchmarks/ray_scaling.py [--prompts 64] [--latency 0.2] [--rss-prompts 400]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -62,10 +74,60 @@ def _released(run_dir: Path) -> list[dict]:
     return [row for path in files for row in pq.read_table(path, columns=["sample_id"]).to_pylist()]
 
 
+def rss_config(prompts: int) -> dict:
+    data = quickstart()
+    data["run"].update(prompts=prompts, shard_size=8)
+    data["generate"]["images_per_prompt"] = 1
+    data["models"]["generator"]["scale"] = 0.0625  # tiny images: the rows are what we measure
+    data["schedule"]["seeds_per_pair"] = 64  # ~200 jobs per prompt, most over budget
+    data["schedule"]["budget"] = {"edits": 64}
+    data["invert"] = {"enabled": False}
+    data["compose"] = {"enabled": False}
+    return data
+
+
+def driver_peak_rss(prompts: int, address: str) -> tuple[float, int]:
+    """(peak resident MiB of an `nhr mine --executor ray` process, its schedule jobs)."""
+    import json
+
+    import yaml
+
+    work = Path(tempfile.mkdtemp(prefix=f"nhr-ray-rss-{prompts}-"))
+    config_path = work / "config.yaml"
+    config_path.write_text(yaml.safe_dump(rss_config(prompts)))
+    command = [sys.executable, "-m", "nhr.cli", "mine", str(config_path), "--run-dir"]
+    command += [str(work / "run"), "--executor", "ray", "--ray-address", address]
+    command += ["--no-progress", "--skip-preflight"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = [0]
+
+    def watch() -> None:  # VmHWM: the process's own peak resident set, read while it lives
+        status = Path(f"/proc/{driver.pid}/status")
+        while driver.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak[0] = max(peak[0], int(line.split()[1]))
+            except OSError:
+                break
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    _, errors = driver.communicate()
+    watcher.join()
+    if driver.returncode != 0:
+        raise SystemExit(f"nhr mine failed ({driver.returncode}):\n{errors.decode()[-2000:]}")
+    marker = json.loads((work / "run" / "stages" / "schedule" / "_SUCCESS.json").read_text())
+    shutil.rmtree(work, ignore_errors=True)
+    return peak[0] / 1024, sum(marker["table_rows"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--rss-prompts", type=int, default=400, help="the 1x of the rss ratio")
     args = parser.parse_args()
 
     import ray
@@ -87,9 +149,18 @@ def main() -> None:
             f"replicas {replicas}: edit+validate {seconds:6.1f} s, {items} items, "
             f"{throughput[replicas]:5.2f} items/s"
         )
-    ray.shutdown()
     efficiency = throughput[8] / (8 * throughput[1])
     print(f"(total {time.perf_counter() - started:.0f} s; {len(reference)} triplets each run)")
+    address = ray.get_runtime_context().gcs_address
+    rss = {}
+    for scale in (1, 4):
+        rss[scale], jobs = driver_peak_rss(scale * args.rss_prompts, address)
+        print(
+            f"driver {scale}x: {scale * args.rss_prompts} prompts, {jobs} jobs, "
+            f"peak rss {rss[scale]:.0f} MiB"
+        )
+    ray.shutdown()
+    print(f"driver rss ratio 4x/1x: {rss[4] / rss[1]:.2f}")
     print(f"scaling efficiency at 8 replicas: {efficiency:.2f}")
 
 

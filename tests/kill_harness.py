@@ -12,6 +12,7 @@ import signal
 import sys
 
 import nhr.stages.export as export
+import nhr.storage as storage
 import nhr.store as store
 from nhr.cli import main
 
@@ -42,6 +43,7 @@ def row(store_, row_):
     return original_row(store_, row_)
 
 
-store.atomic_write_bytes = write
+store.atomic_write_bytes = write  # images
+storage.atomic_write_bytes = write  # every other file of a local run directory
 export._with_image_bytes = row
 sys.exit(main(["mine", config, "--run-dir", run_dir, "--no-progress"]))

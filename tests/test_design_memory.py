@@ -60,7 +60,7 @@ def test_design_memory_is_bounded_and_checkpoints_come_early():
     tracemalloc.start()
     try:
         with pytest.raises(Stop):
-            DesignStage().run(ctx, {})
+            list(DesignStage().run(ctx, None))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

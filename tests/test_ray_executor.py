@@ -1,6 +1,7 @@
 """The Ray executor mines what the local one mines, resumes its runs and theirs, loads each
 model once per actor, puts GPU roles one actor per GPU, stops on a broken backend the same way
-and survives a killed worker. One Ray instance for the whole module (2 CPUs, 2 fake GPUs)."""
+and survives a killed worker. One Ray instance for the session (conftest's `ray_cluster`: 2 CPUs,
+2 fake GPUs)."""
 
 import shutil
 import threading
@@ -17,16 +18,6 @@ from helpers import signature  # noqa: E402
 from nhr.calls import BrokenBackendError  # noqa: E402
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def quickstart(**models) -> dict:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 import nhr
+import nhr.storage
 import nhr.store
 from helpers import signature, table_rows
 from nhr.cli import main
@@ -148,7 +149,7 @@ def test_image_store_checks_bytes_against_the_name(tmp_path):
     store = ImageStore(tmp_path)
     digest = store.put(b"image bytes")
     assert store.get(digest) == b"image bytes"
-    path = store.path(digest)
+    path = store.where(digest)
     path.write_bytes(b"other bytes")
     fresh = ImageStore(tmp_path)
     with pytest.raises(DamagedImageError, match=str(path)):
@@ -238,7 +239,8 @@ def fail_on_write(monkeypatch, pattern, occurrence, error):
                 raise error(path)
         return original(path, data)
 
-    monkeypatch.setattr(nhr.store, "atomic_write_bytes", write)
+    monkeypatch.setattr(nhr.store, "atomic_write_bytes", write)  # images
+    monkeypatch.setattr(nhr.storage, "atomic_write_bytes", write)  # the other files
 
 
 def test_a_full_disk_stops_with_one_line_and_loses_nothing(

@@ -46,11 +46,14 @@ def mine(
     triplet returns normally (the CLI exits 3): `result.stats["dataset"]["rows"]` is 0 and
     each stage's `failed` and `dropped` counters say why.
 
+    `run_dir` is a local path or a URL on object storage (`s3://bucket/runs/x`, `gs://...`;
+    needs the `s3` or `gcs` extra; credentials from the environment).
+
     `executor` is `local` (this process, the default: `run.executor`) or `ray` (actor pools
     per model role on a Ray cluster; needs `pip install 'nhr[ray]'`). `ray_address` (or
     RAY_ADDRESS) picks the cluster; with neither, a local Ray instance is started."""
     from nhr.config import ConfigError, NhrConfig, parse_config
-    from nhr.lock import RunLock
+    from nhr.lock import run_lock
     from nhr.run import create_executor, prepare_run_dir
     from nhr.store import RunStore
 
@@ -72,7 +75,7 @@ def mine(
         run_preflight(config)
     executor = executor or config.run.executor
     store = RunStore(run_dir)
-    with RunLock(store.root):  # one miner per run directory
+    with run_lock(store):  # one miner per run directory: a flock, or a lease on object storage
         # first, so a missing extra stops the run before the run directory is touched
         runner = create_executor(
             executor, config, store, show_progress=progress, ray_address=ray_address

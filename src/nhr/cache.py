@@ -31,11 +31,11 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from nhr.backends.base import BackendError
-from nhr.store import DamagedImageError, ImageStore, atomic_write_bytes
+from nhr.storage import Storage
+from nhr.store import DamagedImageError, ImageStore
 
 CACHE_VERSION = 2  # 1: keys over pickled requests
 
@@ -81,9 +81,12 @@ def request_key(identity: dict[str, Any], method: str, request: Any) -> str:
 class CachedBackend:
     """Wraps a backend; same methods, answers served from RUN/cache when known."""
 
-    def __init__(self, backend: Any, root: Path, images: ImageStore) -> None:
+    def __init__(
+        self, backend: Any, storage: Storage, images: ImageStore, folder: str = "cache"
+    ) -> None:
         self.backend = backend
-        self.root = root
+        self.storage = storage
+        self.folder = folder
         self.images = images
         info = backend.info()
         self._identity = {
@@ -116,13 +119,12 @@ class CachedBackend:
     def _key(self, method: str, request: Any) -> str:
         return request_key(self._identity, method, request)
 
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
+    def _file(self, key: str) -> str:
+        return f"{self.folder}/{key[:2]}/{key}.json"
 
     def _load(self, key: str) -> Any:
-        path = self._path(key)
         try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
+            entry = json.loads(self.storage.read_bytes(self._file(key)).decode("utf-8"))
             if entry["type"] == "image":
                 return self.images.get(entry["value"])
             return entry["value"]
@@ -138,7 +140,7 @@ class CachedBackend:
             entry = {"type": "text", "value": answer}
         else:
             return
-        atomic_write_bytes(self._path(key), json.dumps(entry).encode("utf-8"))
+        self.storage.write_bytes(self._file(key), json.dumps(entry).encode("utf-8"))
 
     def _cached(self, method: str, requests: Sequence[Any], call: Callable) -> list[Any]:
         keys = [self._key(method, request) for request in requests]

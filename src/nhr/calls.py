@@ -20,7 +20,8 @@ Two budgets, never stacked:
 A model problem never raises, with one exception: when the first `retry.stop_after_failures`
 items a stage sends to one model all fail for the same reason, the backend is broken (server
 down, wrong key, a timeout too short) and `BrokenBackendError` stops the run, instead of
-marking every item of the run failed.
+marking every item of the run failed. The count is one per stage however many processes run
+it: an executor with several workers keeps one `FailureTally` for all of them.
 """
 
 from __future__ import annotations
@@ -100,43 +101,85 @@ class _Streak:
     detail: str
 
 
+class FailureTally:
+    """The streaks of one stage: per model role, the reason and count of its failed items so
+    far, None once a success or another reason disarmed it. Plain state that pickles, so an
+    executor running a stage in many processes can keep one tally for all of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._streaks: dict[str, _Streak | None] = {}  # None: disarmed
+        self._broken: _Streak | None = None
+
+    def add(self, role: str, outcomes: Sequence[tuple[str, str] | None]) -> _Streak | None:
+        """Count items in order: `(reason, detail)` for a failed one, None for a success.
+        Returns the streak that reached `limit` (the backend is broken; it stays so for every
+        later call), else None."""
+        if self._broken is not None:
+            return self._broken
+        for outcome in outcomes:
+            streak = self._streaks.get(role, _Streak("", 0, ""))
+            if streak is None:
+                return None
+            if outcome is None or (streak.count > 0 and outcome[0] != streak.reason):
+                self._streaks[role] = None
+                return None
+            streak = _Streak(outcome[0], streak.count + 1, streak.detail or outcome[1])
+            self._streaks[role] = streak
+            if streak.count >= self.limit:
+                self._broken = streak
+                return streak
+        return None
+
+    def disarmed(self, role: str) -> bool:
+        """True once the role had a success or two reasons: it can no longer stop the stage."""
+        return role in self._streaks and self._streaks[role] is None
+
+    def undecided(self) -> bool:
+        """True while some role has had only failures so far, too few yet to judge."""
+        return any(streak is not None and streak.count for streak in self._streaks.values())
+
+
 class FailureWatch:
     """Stops a stage whose first `limit` items sent to one model role all failed for the same
     reason (after every retry). One watch lives for a whole stage run, across its shards; a
-    success or another reason disarms it for that role. `limit` 0 never stops."""
+    success or another reason disarms it for that role. `limit` 0 never stops.
+
+    The count is kept by a `FailureTally` (`tally`); an executor that runs the stage in several
+    processes overrides `_add` and `undecided` to share one tally among them."""
 
     def __init__(self, stage: str, limit: int) -> None:
         self.stage = stage
         self.limit = limit
-        self._streaks: dict[str, _Streak | None] = {}  # None: disarmed
+        self.tally = FailureTally(limit)
 
     def record(self, role: str, backend: Any, outcomes: Iterable[Any]) -> None:
         if self.limit <= 0:
             return
-        for outcome in outcomes:
-            streak = self._streaks.get(role, _Streak("", 0, ""))
-            if streak is None:
-                return
-            failed = isinstance(outcome, Failure)
-            if not failed or (streak.count > 0 and outcome.reason != streak.reason):
-                self._streaks[role] = None
-                return
-            streak = _Streak(outcome.reason, streak.count + 1, streak.detail or outcome.detail)
-            self._streaks[role] = streak
-            if streak.count >= self.limit:
-                raise BrokenBackendError(
-                    self.stage,
-                    role,
-                    _model_label(backend),
-                    streak.reason,
-                    streak.count,
-                    streak.detail,
-                )
+        summaries = [
+            (outcome.reason, outcome.detail) if isinstance(outcome, Failure) else None
+            for outcome in outcomes
+        ]
+        if not summaries:
+            return
+        broken = self._add(role, summaries)
+        if broken is not None:
+            raise BrokenBackendError(
+                self.stage,
+                role,
+                _model_label(backend),
+                broken.reason,
+                broken.count,
+                broken.detail,
+            )
+
+    def _add(self, role: str, outcomes: list[tuple[str, str] | None]) -> _Streak | None:
+        return self.tally.add(role, outcomes)
 
     def undecided(self) -> bool:
         """True while some role has had only failures so far, too few yet to judge. Work
         finished meanwhile is not worth keeping if the backend turns out broken."""
-        return any(streak is not None and streak.count for streak in self._streaks.values())
+        return self.tally.undecided()
 
 
 class WatchedBackend:

@@ -99,8 +99,8 @@ def _mine(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
     )
     dataset = result.stats["dataset"] or {}
-    print(f"mined {dataset.get('rows', 0)} triplets into {result.run_dir / 'dataset'}")
-    print(f"stage statistics: {result.run_dir / 'report' / 'stats.json'}")
+    print(f"mined {dataset.get('rows', 0)} triplets into {_inside(result.run_dir, 'dataset')}")
+    print(f"stage statistics: {_inside(result.run_dir, 'report/stats.json')}")
     if dataset.get("rows", 0) == 0:
         print(_nothing_mined(result.stats), file=sys.stderr)
         return EXIT_NOTHING_MINED
@@ -129,22 +129,17 @@ def _nothing_mined(stats: dict) -> str:
 def _status(args: argparse.Namespace) -> int:
     from nhr.status import render_status
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise _UsageError(f"{run_dir} is not an nhr run directory (no config.yaml)")
-    print(render_status(run_dir))
+    print(render_status(_existing_run(args.run_dir).root))
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
     from nhr.analysis.report import build_report
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise _UsageError(f"{run_dir} is not an nhr run directory (no config.yaml)")
-    summary = build_report(run_dir, target=args.target)
+    store = _existing_run(args.run_dir)
+    summary = build_report(store.root, target=args.target)
     state = "finished run" if summary["complete"] else "run still in progress (partial numbers)"
-    print(f"report for the {state}: {run_dir / 'report' / 'index.html'}")
+    print(f"report for the {state}: {store.where('report/index.html')}")
     for row in summary["survival"]:
         change = "" if row["change"] is None else f"{row['change']:+.1%}"
         print(f"  {row['step']:<30}{change:>9}{row['remaining']:>10,} {row['unit']}")
@@ -168,34 +163,46 @@ def _doctor(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from nhr.config import parse_config
     from nhr.executors.local import LocalExecutor
-    from nhr.lock import RunLock
+    from nhr.lock import run_lock
     from nhr.pipeline import release_stage
     from nhr.run import shard_count
-    from nhr.store import RunStore
 
-    store = RunStore(args.run_dir)
-    data = store.read_config()
-    if data is None:
-        raise _UsageError(f"{args.run_dir} is not an nhr run directory (no config.yaml)")
-    config = parse_config(data)
+    store = _existing_run(args.run_dir)
+    config = parse_config(store.read_config())
     executor = LocalExecutor(config, store, show_progress=False)
     release = release_stage(config)
     shards = shard_count(store)
     if not shards or not all(store.is_done(release, s) for s in range(shards)):
         raise _UsageError(f"the run has not finished '{release}' yet; finish it with `nhr mine`")
-    with RunLock(store.root):
+    with run_lock(store):
         # the old dataset and its marker stay until the new dataset is complete
         result = executor.run(reexport=True)
-    print(f"exported {result.stats['dataset']['rows']} triplets to {store.root / 'dataset'}")
+    print(f"exported {result.stats['dataset']['rows']} triplets to {store.where('dataset')}")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
     from nhr.verify import render_verify
 
-    text, status = render_verify(Path(args.run_dir))
+    text, status = render_verify(_existing_run(args.run_dir).root)
     print(text)
     return status
+
+
+def _existing_run(run_dir: str):
+    """The RunStore of a run directory (a path or a URL) that holds a run."""
+    from nhr.store import RunStore
+
+    store = RunStore(run_dir)
+    store.check_is_directory()
+    if not store.has_config():
+        raise _UsageError(f"{run_dir} is not an nhr run directory (no config.yaml)")
+    return store
+
+
+def _inside(run_dir: Path | str, key: str) -> str:
+    """A file of a run, as a path or a URL."""
+    return f"{run_dir}/{key}" if isinstance(run_dir, str) else str(run_dir / key)
 
 
 class _UsageError(Exception):
@@ -268,15 +275,18 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # only the errors a user can act on are turned into messages
         from nhr.backends.base import BackendSetupError, MissingExtraError
         from nhr.config import ConfigError
-        from nhr.lock import RunLockedError
+        from nhr.lock import LeaseLostError, RunLockedError
         from nhr.preflight import PreflightError
         from nhr.run import RunConfigError
+        from nhr.storage import StorageSetupError
         from nhr.store import RunDirError
 
         actionable = (
             ConfigError,
             RunConfigError,
             RunLockedError,
+            LeaseLostError,
+            StorageSetupError,
             _UsageError,
             BackendSetupError,
             MissingExtraError,

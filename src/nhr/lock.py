@@ -14,6 +14,16 @@ machine; there nhr falls back to the holder named in the file, which is not atom
 run directory from one machine at a time there. A lock file naming a process on another
 machine is always respected (nhr cannot see whether it still runs): once sure that process is
 gone, remove RUN/.lock by hand.
+
+On object storage there is no flock: the miner holds a lease, the object RUN/.lease.json with
+an owner id (host, pid, a random token) and an expiry. It is created with an exclusive PUT
+(S3 `If-None-Match`, GCS `ifGenerationMatch=0`), so of two drivers starting at once exactly one
+gets it; the holder renews it every third of its time to live; a lease past its expiry
+belongs to a driver that died and is taken over (at once when that driver ran on this machine
+and its process is gone). A holder that finds the lease no longer
+names it (it stalled past the expiry and another driver took over) stops before committing
+anything more. Expiry times are wall-clock times: the machines need synchronised clocks
+(NTP), within a small fraction of the lease time.
 """
 
 from __future__ import annotations
@@ -23,9 +33,14 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
+
+LEASE_KEY = ".lease.json"
+LEASE_TTL_S = 60.0  # how long a lease lives without renewal: a dead driver blocks this long
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +125,14 @@ def describe(holder: dict[str, Any] | None) -> str:
     return text
 
 
-def lock_holder(run_dir: Path) -> dict[str, Any] | None:
+def lock_holder(run_dir: Path | str) -> dict[str, Any] | None:
     """The live process mining `run_dir` (host, pid, start), or None."""
+    from nhr.storage import is_url
+
+    if is_url(run_dir):
+        from nhr.store import RunStore
+
+        return live_lease(RunStore(run_dir).storage)
     try:
         holder = _parse((Path(run_dir) / ".lock").read_text())
     except OSError:
@@ -193,3 +214,117 @@ class RunLock:
             pass
         os.close(self._fd)  # releases the flock
         self._fd = None
+
+
+def run_lock(store: Any) -> RunLock | ObjectLease:
+    """The lock of a run: a flock on local disk, a lease on object storage."""
+    if store.storage.local:
+        return RunLock(store.root)
+    return ObjectLease(store)
+
+
+class LeaseLostError(RuntimeError):
+    """This driver's lease of an object-storage run was taken over by another driver."""
+
+
+def live_lease(storage: Any) -> dict[str, Any] | None:
+    """The lease of a run on object storage, unless missing, unreadable or expired."""
+    lease = _read_lease(storage)
+    return lease if _held(lease) else None
+
+
+def _held(lease: dict[str, Any] | None) -> bool:
+    """Whether a lease still holds: not expired, and its driver is not known to be dead (a
+    driver on this machine whose process is gone releases it at once)."""
+    if lease is None or lease.get("expires", 0) < time.time():
+        return False
+    return "pid" not in lease or _alive(lease)
+
+
+def _read_lease(storage: Any) -> dict[str, Any] | None:
+    try:
+        lease = json.loads(storage.read_bytes(LEASE_KEY).decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        return {"expires": 0}  # damaged: treated as expired, so it is taken over
+    return lease if isinstance(lease, dict) else {"expires": 0}
+
+
+class ObjectLease:
+    """One driver per run directory on object storage (module docstring). While held, the
+    store checks it before each commit (`store.before_commit`)."""
+
+    def __init__(self, store: Any, ttl_s: float = LEASE_TTL_S) -> None:
+        self.store = store
+        self.storage = store.storage
+        self.ttl_s = ttl_s
+        self.token = uuid.uuid4().hex
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _document(self) -> bytes:
+        lease = {**_this_process(), "owner": self.token, "ttl_s": self.ttl_s}
+        lease["expires"] = time.time() + self.ttl_s
+        return json.dumps(lease).encode("utf-8")
+
+    def __enter__(self) -> ObjectLease:
+        self.store.check_is_directory()
+        if not self.storage.create_exclusive(LEASE_KEY, self._document()):
+            holder = _read_lease(self.storage)
+            if _held(holder):
+                raise RunLockedError(self._message(holder))
+            # Expired or its driver died (or gone meanwhile): take it over. Of two drivers doing
+            # this at once, the one whose exclusive create fails refuses; if one deleted the
+            # other's fresh lease, the renewal finds out and that driver stops committing.
+            self.storage.delete(LEASE_KEY)
+            if not self.storage.create_exclusive(LEASE_KEY, self._document()):
+                raise RunLockedError(self._message(_read_lease(self.storage)))
+        self.store.before_commit = self.check
+        self._thread = threading.Thread(target=self._renew_loop, name="nhr-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                self.renew()
+            except Exception as error:  # storage hiccup: try again at the next beat
+                log.warning("could not renew the lease of %s: %s", self.store.root, error)
+            if self.lost:
+                return
+
+    def renew(self) -> None:
+        holder = _read_lease(self.storage)
+        if holder is None or holder.get("owner") != self.token:
+            self.lost = True
+            return
+        self.storage.write_bytes(LEASE_KEY, self._document())
+
+    def check(self) -> None:
+        if self.lost:
+            raise LeaseLostError(
+                f"{self.store.root}: another driver took over this run's lease (this one "
+                "stalled longer than the lease lives); this driver stops, the other goes on"
+            )
+
+    def _message(self, holder: dict[str, Any] | None) -> str:
+        expires = ""
+        if holder and holder.get("expires"):
+            expires = f"; its lease expires in {max(0, holder['expires'] - time.time()):.0f} s"
+        return (
+            f"{self.store.root} is being mined by {describe(holder)}{expires} unless renewed. "
+            "Wait for it to finish or stop it; a driver that died releases the run when its "
+            f"lease expires (at most {self.ttl_s:.0f} s)"
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.store.before_commit = None
+        if not self.lost:
+            holder = _read_lease(self.storage)
+            if holder is not None and holder.get("owner") == self.token:
+                self.storage.delete(LEASE_KEY)

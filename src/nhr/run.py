@@ -7,18 +7,16 @@ redo, repair), the resume checks of markers, export, stats, and choosing the exe
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nhr import records
 from nhr.config import NhrConfig
 from nhr.pipeline import ALL_STAGE_NAMES, EXPORT, build_stages, config_changes, release_stage
 from nhr.pipeline import stage_names as _stage_names
 from nhr.stats import StageStats
-from nhr.store import RunStore, atomic_write_json
+from nhr.store import RunStore
 
 if TYPE_CHECKING:
     from nhr.executors.base import Executor
@@ -32,7 +30,7 @@ class RunConfigError(ValueError):
 
 @dataclass
 class MineResult:
-    run_dir: Path
+    run_dir: Path | str  # a Path on local disk, the URL on object storage
     stats: dict[str, Any]
     executor: str = "local"
     # how the executor ran: driver seconds per stage; for ray, where each role's actors ran
@@ -68,28 +66,19 @@ def prepare_run_dir(store: RunStore, config: NhrConfig, redo_from: str | None) -
                 + f"\nTo recompute from there, add --redo-from {first}; "
                 "or mine into a new --run-dir."
             )
-    remove_partial_files(store.root)
+    # Temp files and export staging folders left by a killed process are never read, only
+    # cleaned up: every real file was put in place whole.
+    store.storage.clean_partial()
     if redo_from is not None:
         stale = set(names[redo_index:]) | (set(ALL_STAGE_NAMES) - set(names))
         for stage in stale:
             store.clear_stage(stage)
-        shutil.rmtree(store.root / "dataset", ignore_errors=True)
+        store.storage.delete_folder("dataset")
     if previous is not None:
         from nhr.verify import repair
 
         repair(store, config)  # damaged tables and images: their shards are redone
     store.write_config(new)
-
-
-def remove_partial_files(root: Path) -> None:
-    """Temp files and export staging folders left by a killed process are never read, only
-    cleaned up: every real file was renamed into place whole."""
-    if not root.exists():
-        return
-    for path in root.rglob(".*.tmp"):
-        path.unlink(missing_ok=True)
-    for path in root.glob(".dataset-*"):
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # -- markers: what is done and still up to date --------------------------------------------------
@@ -138,14 +127,10 @@ def export(store: RunStore, config: NhrConfig, force: bool = False) -> None:
     read = inputs_read(store, reads)
     started = time.perf_counter()
     shards = list(range(shard_count(store)))
-    triplets = sum(
-        1
-        for shard in shards
-        for row in store.read_rows(release, shard)
-        if row["status"] == records.OK
-    )
     summary = write_dataset(store, shards, release, config.export.rows_per_file)
-    stats = StageStats(rows_in=triplets, rows_out=summary["rows"])
+    # every released triplet goes into the dataset: rows in (the release stage's ok rows)
+    # equal rows out
+    stats = StageStats(rows_in=summary["rows"], rows_out=summary["rows"])
     store.mark_done(
         EXPORT,
         None,
@@ -162,7 +147,7 @@ def finish_run(store: RunStore, config: NhrConfig, reexport: bool = False) -> di
     """Export, then write and return report/stats.json."""
     export(store, config, force=reexport)
     stats = collect_stats(store, config)
-    atomic_write_json(store.root / "report" / "stats.json", stats)
+    store.write_json("report/stats.json", stats)
     return stats
 
 

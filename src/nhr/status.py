@@ -7,7 +7,7 @@ from pathlib import Path
 from nhr.lock import lock_holder
 
 
-def render_status(run_dir: Path) -> str:
+def render_status(run_dir: Path | str) -> str:
     from nhr.config import parse_config
     from nhr.run import collect_stats
     from nhr.store import RunStore
@@ -41,5 +41,6 @@ def render_status(run_dir: Path) -> str:
             f"{kept:>8}  {reasons}"
         )
     if stats["dataset"]:
-        lines += ["", f"dataset: {stats['dataset']['rows']} triplets in {run_dir / 'dataset'}"]
+        where = store.where("dataset")
+        lines += ["", f"dataset: {stats['dataset']['rows']} triplets in {where}"]
     return "\n".join(lines)

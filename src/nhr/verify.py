@@ -26,7 +26,6 @@ import hashlib
 import io
 import logging
 import os
-import shutil
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +35,7 @@ from typing import Any
 
 from nhr.config import NhrConfig
 from nhr.pipeline import EXPORT, build_stages, release_stage
-from nhr.store import RunDirError, RunStore, first_line, read_table
+from nhr.store import RunDirError, RunStore, first_line, parse_table
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +52,11 @@ IMAGE_COLUMNS = {
 
 @dataclass(frozen=True)
 class Problem:
-    path: Path
+    path: Path | str  # the file's path, or its URL on object storage
     what: str
     stage: str | None = None  # the stage whose redo repairs it
     shard: int | None = None  # None: the whole (global) stage
+    image: str | None = None  # the digest of a damaged image, which the repair deletes
 
     def __str__(self) -> str:
         return f"{self.path}: {self.what}"
@@ -98,8 +98,8 @@ def check_run(store: RunStore, config: NhrConfig, *, thorough: bool = True) -> l
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for shard in sorted(tables_by_shard):
             producers: dict[str, tuple[str, int | None]] = {}  # digest -> what redoes it
-            for stage, path, rows, digest, repair_shard in tables_by_shard[shard]:
-                table = _check_table(path, rows, digest, problems, stage, repair_shard)
+            for stage, key, rows, digest, repair_shard in tables_by_shard[shard]:
+                table = _check_table(store, key, rows, digest, problems, stage, repair_shard)
                 for column in IMAGE_COLUMNS.get(stage, ()) if table is not None else ():
                     for image in table.column(column).to_pylist():
                         if image and image not in producers:
@@ -124,8 +124,8 @@ def _finished_tables(
     global_scope: bool,
     shard_total: int | None,
     problems: list[Problem],
-) -> Iterable[tuple[int, Path, int | None, str | None, int | None]]:
-    """(shard, table path, expected rows, expected digest, repair shard) of every table a
+) -> Iterable[tuple[int, str, int | None, str | None, int | None]]:
+    """(shard, table key, expected rows, expected digest, repair shard) of every table a
     marker says is finished."""
     if global_scope:
         try:
@@ -141,7 +141,7 @@ def _finished_tables(
         rows = marker.get("table_rows") or [None] * (count or 0)
         digests = marker.get("tables") or [None] * (count or 0)
         for shard in range(count or 0):
-            yield shard, store.shard_path(stage, shard), rows[shard], digests[shard], None
+            yield shard, store.shard_key(stage, shard), rows[shard], digests[shard], None
         return
     for shard in store.done_shards(stage):
         try:
@@ -151,19 +151,21 @@ def _finished_tables(
             continue
         yield (
             shard,
-            store.shard_path(stage, shard),
+            store.shard_key(stage, shard),
             marker.get("rows"),
             marker.get("table_sha256"),
             shard,
         )
 
 
-def _check_table(path, rows_expected, digest_expected, problems, stage, repair_shard):
+def _check_table(store, key, rows_expected, digest_expected, problems, stage, repair_shard):
+    path = store.where(key)
+
     def damaged(what: str) -> None:
         problems.append(Problem(path, what, stage, repair_shard))
 
     try:
-        data = path.read_bytes()
+        data = store.storage.read_bytes(key)
     except FileNotFoundError:
         damaged("table missing although its stage is marked done")
         return None
@@ -171,7 +173,7 @@ def _check_table(path, rows_expected, digest_expected, problems, stage, repair_s
         damaged("table damaged (its SHA-256 differs from the one its marker recorded)")
         return None
     try:
-        table = read_table(path)
+        table = parse_table(path, data)
     except RunDirError as error:
         damaged(error.problem)
         return None
@@ -185,9 +187,8 @@ def _check_images(
     store: RunStore, producers: dict[str, tuple[str, int | None]], decode: bool, pool
 ) -> list[Problem]:
     def check(digest: str) -> str | None:
-        path = store.images.path(digest)
         try:
-            data = path.read_bytes()
+            data = store.storage.read_bytes(store.images.key(digest))
         except FileNotFoundError:
             return "image missing"
         if hashlib.sha256(data).hexdigest() != digest:
@@ -202,7 +203,7 @@ def _check_images(
     # hashing and PNG decoding release the GIL: the pool's threads use every core
     results = pool.map(check, digests, chunksize=16)
     return [
-        Problem(store.images.path(digest), what, *producers[digest])
+        Problem(store.images.where(digest), what, *producers[digest], image=digest)
         for digest, what in zip(digests, results)
         if what is not None
     ]
@@ -219,30 +220,36 @@ def _check_dataset(
         return [Problem(error.path, error.problem, EXPORT, None)]
     if marker is None:
         return []
-    data_dir = store.root / "dataset" / "data"
+    data_dir = store.where("dataset/data")
 
-    def problem(path: Path, what: str) -> Problem:
+    def problem(path: Path | str, what: str) -> Problem:
         return Problem(path, what, EXPORT, None)
 
-    files = sorted(data_dir.glob("train-*.parquet"))
+    files = [
+        f"dataset/data/{name}"
+        for name in store.storage.names("dataset/data")
+        if name.startswith("train-") and name.endswith(".parquet")
+    ]
     if not files:
         return [problem(data_dir, "dataset missing although the export is marked done")]
     expected = _released(store, release_stage(config), shard_total) if thorough else None
     problems: list[Problem] = []
     counts: Counter[str] = Counter()
     total = 0
-    for path in files:
+    for key in files:
+        path = store.where(key)
         try:
-            parquet = pq.ParquetFile(path)  # reads the footer: a truncated file fails here
-            total += parquet.metadata.num_rows
-            if expected is None:
-                continue
-            for batch in parquet.iter_batches(batch_size=32):
-                for row in batch.to_pylist():
-                    counts[row["sample_id"]] += 1
-                    wrong = _row_problem(row, expected)
-                    if wrong:
-                        problems.append(problem(path, wrong))
+            with store.storage.open_read(key) as handle:
+                parquet = pq.ParquetFile(handle)  # reads the footer: a truncated file fails here
+                total += parquet.metadata.num_rows
+                if expected is None:
+                    continue
+                for batch in parquet.iter_batches(batch_size=32):
+                    for row in batch.to_pylist():
+                        counts[row["sample_id"]] += 1
+                        wrong = _row_problem(row, expected)
+                        if wrong:
+                            problems.append(problem(path, wrong))
         except Exception as error:  # pyarrow raises several types for a damaged file
             problems.append(problem(path, f"damaged dataset file ({first_line(error)})"))
     if not problems and total != marker["summary"]["rows"]:
@@ -305,14 +312,14 @@ def repair(store: RunStore, config: NhrConfig) -> list[Problem]:
         log.warning("damaged: %s; redoing %s", problem, _unit(problem))
         if problem.stage is None:
             continue
-        if problem.path.suffix == ".png":
-            problem.path.unlink(missing_ok=True)
+        if problem.image is not None:
+            store.storage.delete(store.images.key(problem.image))
         if problem.stage == EXPORT:
             continue
-        store.marker_path(problem.stage, problem.shard).unlink(missing_ok=True)
+        store.remove_marker(problem.stage, problem.shard)
     if problems:
-        store.marker_path(EXPORT, None).unlink(missing_ok=True)
-        shutil.rmtree(store.root / "dataset", ignore_errors=True)
+        store.remove_marker(EXPORT, None)
+        store.storage.delete_folder("dataset")
     return problems
 
 
@@ -324,7 +331,7 @@ def _unit(problem: Problem) -> str:
     return f"stage {problem.stage}, shard {problem.shard}"
 
 
-def render_verify(run_dir: Path) -> tuple[str, int]:
+def render_verify(run_dir: Path | str) -> tuple[str, int]:
     """`nhr verify RUN`: the report and the exit status (0 clean, 1 damage found)."""
     from nhr.config import parse_config
 

@@ -18,7 +18,7 @@ from nhr.analysis.thresholds import find_knees, grid, survival_curve
 from nhr.config import parse_config
 from nhr.ids import unit_interval
 from nhr.records import OK
-from nhr.store import RunStore, atomic_write_bytes, atomic_write_json
+from nhr.store import RunStore
 
 GALLERY_PER_GROUP = 3
 REJECTED_SAMPLE = 24
@@ -45,8 +45,7 @@ def build_report(run_dir: str | Path, target: int = 100_000) -> dict[str, Any]:
         raise FileNotFoundError(f"{run_dir} is not an nhr run directory (no config.yaml)")
     config = parse_config(raw_config)
     stats = collect_stats(store, config)
-    out = store.root / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    out = "report"  # folder of the run directory, on local disk or object storage
 
     table = survival_table(stats)
     ratio = released_per_forward(stats)
@@ -79,16 +78,16 @@ def build_report(run_dir: str | Path, target: int = 100_000) -> dict[str, Any]:
         "estimate": estimate,
         "categories": categories,
     }
-    atomic_write_json(out / "stats.json", stats)
-    atomic_write_json(out / "survival.json", {"rows": table, "released_per_forward": ratio})
-    atomic_write_json(out / "survival_curve.json", curve_data)
-    atomic_write_json(out / "categories.json", categories)
+    store.write_json(f"{out}/stats.json", stats)
+    store.write_json(f"{out}/survival.json", {"rows": table, "released_per_forward": ratio})
+    store.write_json(f"{out}/survival_curve.json", curve_data)
+    store.write_json(f"{out}/categories.json", categories)
     if estimate:
-        atomic_write_json(out / "estimate.json", estimate)
-    plot = plot_curve(thresholds, curve, knees, out / "survival_curve.png")
+        store.write_json(f"{out}/estimate.json", estimate)
+    plot = plot_curve(thresholds, curve, knees, store, f"{out}/survival_curve.png")
     markdown = report_markdown(summary, plot)
-    atomic_write_bytes(out / "report.md", markdown.encode("utf-8"))
-    atomic_write_bytes(out / "survival.md", (survival_markdown(table) + "\n").encode("utf-8"))
+    store.write_bytes(f"{out}/report.md", markdown.encode("utf-8"))
+    store.write_bytes(f"{out}/survival.md", (survival_markdown(table) + "\n").encode("utf-8"))
     write_gallery(store, release_stage(config), summary, out, plot)
     return summary
 
@@ -131,7 +130,7 @@ def category_yield(store: RunStore, release: str) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_curve(thresholds, curve, knees, path: Path) -> bool:
+def plot_curve(thresholds, curve, knees, store: RunStore, key: str) -> bool:
     try:
         import matplotlib
 
@@ -159,7 +158,7 @@ def plot_curve(thresholds, curve, knees, path: Path) -> bool:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})
     plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    store.write_bytes(key, buffer.getvalue())
     return True
 
 
@@ -215,19 +214,19 @@ def report_markdown(summary: dict[str, Any], plot: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _thumbnail(store: RunStore, digest: str, out: Path) -> str:
+def _thumbnail(store: RunStore, digest: str, out: str) -> str:
     """A small PNG copy of an image in report/images, so the gallery stays light."""
     from PIL import Image
 
     name = f"images/{digest[:16]}.png"
-    path = out / name
-    if not path.exists():
+    key = f"{out}/{name}"
+    if not store.storage.exists(key):
         with Image.open(io.BytesIO(store.images.get(digest))) as image:
             image = image.convert("RGB")
             image.thumbnail((THUMBNAIL, THUMBNAIL))
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
-        atomic_write_bytes(path, buffer.getvalue())
+        store.write_bytes(key, buffer.getvalue())
     return name
 
 
@@ -235,7 +234,7 @@ def _sample(rows: list[dict[str, Any]], key: str, count: int, salt: str) -> list
     return sorted(rows, key=lambda r: unit_interval(salt, r[key]))[:count]
 
 
-def _card(store: RunStore, out: Path, source: str, edited: str, caption: str, detail: str) -> str:
+def _card(store: RunStore, out: str, source: str, edited: str, caption: str, detail: str) -> str:
     e = html.escape
     return (
         '<figure class="card"><div class="pair">'
@@ -251,7 +250,7 @@ def _pct(value: float | None) -> str:
 
 
 def write_gallery(
-    store: RunStore, release: str, summary: dict[str, Any], out: Path, plot: bool
+    store: RunStore, release: str, summary: dict[str, Any], out: str, plot: bool
 ) -> None:
     e = html.escape
     released = [r for r in finished_rows(store, release) if r["status"] == OK]
@@ -326,4 +325,4 @@ Released / forward: {"" if ratio is None else f"{ratio:.2f}"}.</p>
 <h2>Rejected candidates</h2><div class="grid">{"".join(rejected_cards) or "<p>none</p>"}</div>
 </body></html>
 """
-    atomic_write_bytes(out / "index.html", page.encode("utf-8"))
+    store.write_bytes(f"{out}/index.html", page.encode("utf-8"))

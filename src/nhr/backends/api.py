@@ -17,9 +17,12 @@ always answered 503 cost 7 x 4 = 28 requests). The retry loop is tenacity's; the
 themselves (the simulator, diffusers, transformers).
 
 The batch runs on an event loop in a background thread owned by the runner, so every batch
-of a backend, from whatever thread it comes, shares one connection pool, one concurrency
-limit and one pair of rate limiters. The SDK client is created on that loop and closed on it
-before the loop stops (`close`, or when the backend is garbage collected).
+of a backend, from whatever thread it comes, shares one connection pool and one `Limiter`
+(the concurrency limit, the two rate limiters and the Retry-After pause). The SDK client is
+created on that loop and closed on it before the loop stops (`close`, or when the backend is
+garbage collected). An executor that serves one model from several processes installs a
+shared limiter with `share_limits`, so the limits hold across all of them (a server's limit
+is global); backend code does not know which limiter it has.
 
 The API key is read from the environment by name and kept in a `Secret`, whose repr hides it;
 every error detail and log line produced here is scrubbed of it as a last line of defence.
@@ -29,8 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import importlib
 import io
+import json
 import logging
 import os
 import random
@@ -42,7 +47,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import ModuleType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import tenacity
 
@@ -386,6 +391,92 @@ class TokenBucket:
         self.level = min(self.capacity, self.level + amount)
 
 
+# --- who enforces the limits ----------------------------------------------------------------
+
+
+class Limiter(Protocol):
+    """The limits of one server as a runner sees them: a concurrency slot per request, the
+    requests- and tokens-per-minute budgets, and the pause a 429 with Retry-After asks for.
+
+    `LocalLimiter`, the default, enforces them in this process. An executor that runs one model
+    in several processes (the Ray executor's replicas) installs, with `share_limits`, a limiter
+    that asks one shared place, so the limit holds for all of them together. Built on the
+    runner's event loop and used only there.
+    """
+
+    async def acquire(self, tokens: int) -> Any:
+        """Wait for a slot, the server's pause and the budgets; returns a ticket for `release`."""
+
+    def release(self, ticket: Any, unused_tokens: float) -> None:
+        """Give the slot back; `unused_tokens` corrects the estimate taken (negative: more)."""
+
+    def pause(self, seconds: float) -> None:
+        """Nobody sends for `seconds` (a 429 with Retry-After)."""
+
+
+class LocalLimiter:
+    """The limits enforced in this process: a semaphore, two token buckets and a pause."""
+
+    def __init__(self, limits: ApiLimits) -> None:
+        self._slots = asyncio.Semaphore(limits.max_concurrency)
+        self._requests = (
+            TokenBucket(limits.requests_per_minute) if limits.requests_per_minute else None
+        )
+        self._tokens = TokenBucket(limits.tokens_per_minute) if limits.tokens_per_minute else None
+        self._resume_at = 0.0  # after a 429 with Retry-After, nobody sends before this
+
+    async def acquire(self, tokens: int) -> None:
+        await self._slots.acquire()
+        try:
+            await self.wait_for_budgets(tokens)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def wait_for_budgets(self, tokens: int) -> None:
+        """The pause and the per-minute budgets, without a slot."""
+        pause = self._resume_at - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        if self._requests is not None:
+            await self._requests.take(1)
+        if self._tokens is not None:
+            await self._tokens.take(tokens)
+
+    def release(self, ticket: Any, unused_tokens: float) -> None:
+        self._slots.release()
+        self.give_back_tokens(unused_tokens)
+
+    def give_back_tokens(self, unused_tokens: float) -> None:
+        if self._tokens is not None and unused_tokens:
+            self._tokens.give_back(unused_tokens)
+
+    def pause(self, seconds: float) -> None:
+        self._resume_at = max(self._resume_at, time.monotonic() + seconds)
+
+
+# scope, limits -> the limiter of a runner; None: every runner enforces its own limits
+LimiterFactory = Callable[[str, ApiLimits], Limiter]
+_shared_limits: LimiterFactory | None = None
+
+
+def share_limits(factory: LimiterFactory | None) -> None:
+    """Make the API runners built from now on in this process take their limiter from
+    `factory(scope, limits)` (`scope` names the model config, see `limits_scope`); None
+    restores the in-process default. Called by an executor in its workers, before they build
+    backends; backend code never knows who enforces its limits."""
+    global _shared_limits
+    _shared_limits = factory
+
+
+def limits_scope(config: Any) -> str:
+    """What one limit belongs to: the model config (one server, one model, one set of
+    limits). Replicas of a role, and roles sharing a model config, share one scope, as they
+    share one backend in one process."""
+    dumped = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(dumped.encode()).hexdigest()[:16]
+
+
 # --- the runner -----------------------------------------------------------------------------
 
 
@@ -421,7 +512,8 @@ class ApiRunner:
     `make_client()` builds the SDK client (called on the loop thread, on first use) and
     `close_client(client)` closes it; `classify(exception)` turns an SDK exception into an
     item error. None of them may hold a reference to the backend, so that a backend no one
-    uses any more is collected and its loop stopped.
+    uses any more is collected and its loop stopped. `scope` names what the limits belong to
+    (`limits_scope` of the model config), for an executor that shares them (`share_limits`).
     """
 
     def __init__(
@@ -434,9 +526,14 @@ class ApiRunner:
         close_client: Callable[[Any], Awaitable[None]],
         classify: Callable[[BaseException], BackendError],
         secret: Secret | None = None,
+        scope: str = "",
     ) -> None:
         self.name = name
         self.limits = limits
+        self.scope = scope
+        self._make_limiter: LimiterFactory = (
+            _shared_limits if scope and _shared_limits is not None else _local_limiter
+        )
         self.meter = UsageMeter(prices)
         self._make_client = make_client
         self._close_client = close_client
@@ -446,10 +543,7 @@ class ApiRunner:
         self._loop: _LoopThread | None = None
         # Built on the loop with the client (asyncio objects belong to one loop).
         self._client: Any = None
-        self._slots: asyncio.Semaphore | None = None
-        self._requests_bucket: TokenBucket | None = None
-        self._tokens_bucket: TokenBucket | None = None
-        self._resume_at = 0.0  # after a 429 with Retry-After, nobody sends before this
+        self._limiter: Limiter | None = None
         self._reasons_shown: set[str] = set()  # reasons of failed requests already warned of
 
     # public ---------------------------------------------------------------------------------
@@ -485,8 +579,8 @@ class ApiRunner:
             except Exception as error:  # closing must never fail a run
                 log.debug("%s: closing the client failed: %s", self.name, type(error).__name__)
         loop.stop()
-        # A later run starts a new loop, with a new client and new loop-bound limiters.
-        self._client = self._slots = self._requests_bucket = self._tokens_bucket = None
+        # A later run starts a new loop, with a new client and a new loop-bound limiter.
+        self._client = self._limiter = None
 
     # internals ------------------------------------------------------------------------------
 
@@ -501,12 +595,7 @@ class ApiRunner:
     ) -> list[Any]:
         if self._client is None:
             self._client = self._create_client()
-            limits = self.limits
-            self._slots = asyncio.Semaphore(limits.max_concurrency)
-            if limits.requests_per_minute:
-                self._requests_bucket = TokenBucket(limits.requests_per_minute)
-            if limits.tokens_per_minute:
-                self._tokens_bucket = TokenBucket(limits.tokens_per_minute)
+            self._limiter = self._make_limiter(self.scope, self.limits)
         return await asyncio.gather(*(self._one(request, send, estimate) for request in requests))
 
     def _create_client(self) -> Any:
@@ -568,44 +657,33 @@ class ApiRunner:
     async def _attempt(self, request: Any, send: Send, estimate: int) -> Any:
         """One HTTP request inside a concurrency slot and the rate limits: its value, or the
         item error it ended with."""
-        assert self._slots is not None
-        async with self._slots:
-            await self._wait_for_rate_limits(estimate)
+        limiter = self._limiter
+        assert limiter is not None
+        ticket = await limiter.acquire(estimate)
+        answer: Answer | None = None
+        try:
             self.meter.add(requests=1)
             try:
                 async with asyncio.timeout(self.limits.timeout_s):
                     answer = await send(self._client, request)
             except Exception as exception:  # cancellation is a BaseException: not caught
                 return self._note_pause(self._error_of(exception))
-        self._account(answer, estimate)
-        if isinstance(answer.value, BackendError):
-            return self._note_pause(self._scrub(answer.value))
-        return answer.value
-
-    async def _wait_for_rate_limits(self, estimate: int) -> None:
-        pause = self._resume_at - time.monotonic()
-        if pause > 0:
-            await asyncio.sleep(pause)
-        if self._requests_bucket is not None:
-            await self._requests_bucket.take(1)
-        if self._tokens_bucket is not None:
-            await self._tokens_bucket.take(estimate)
-
-    def _account(self, answer: Answer, estimate: int) -> None:
+        finally:
+            limiter.release(ticket, _unused_tokens(answer, estimate))
         self.meter.add(
             input_tokens=answer.input_tokens,
             output_tokens=answer.output_tokens,
             images=answer.images,
         )
-        actual = answer.input_tokens + answer.output_tokens
-        if self._tokens_bucket is not None and actual > 0:
-            self._tokens_bucket.give_back(estimate - actual)
+        if isinstance(answer.value, BackendError):
+            return self._note_pause(self._scrub(answer.value))
+        return answer.value
 
     def _note_pause(self, error: BackendError) -> BackendError:
         """After a 429 with Retry-After, nobody sends before the server said to."""
         hint = getattr(error, "retry_after", None)
-        if error.reason == "rate_limited" and hint:
-            self._resume_at = max(self._resume_at, time.monotonic() + hint)
+        if error.reason == "rate_limited" and hint and self._limiter is not None:
+            self._limiter.pause(hint)
         return error
 
     def _error_of(self, exception: Exception) -> BackendError:
@@ -630,6 +708,19 @@ class ApiRunner:
         if hasattr(error, "retry_after"):
             clean.retry_after = error.retry_after  # type: ignore[attr-defined]
         return clean
+
+
+def _local_limiter(scope: str, limits: ApiLimits) -> Limiter:
+    return LocalLimiter(limits)
+
+
+def _unused_tokens(answer: Answer | None, estimate: int) -> float:
+    """The tokens-per-minute correction of one request: the estimate minus what the server
+    reported it used (nothing when it reported nothing, or gave no answer)."""
+    if answer is None:
+        return 0.0
+    actual = answer.input_tokens + answer.output_tokens
+    return float(estimate - actual) if actual > 0 else 0.0
 
 
 def _is_transport_error(result: Any) -> bool:

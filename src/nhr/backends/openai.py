@@ -36,6 +36,7 @@ from nhr.backends.api import (
     estimate_tokens,
     image_mime,
     image_size,
+    limits_scope,
     png_of_size,
     read_secret,
     require_sdk,
@@ -85,6 +86,7 @@ class OpenAIBackend:
             close_client=_close_client,
             classify=_classify,
             secret=secret,
+            scope=limits_scope(config),
         )
         weakref.finalize(self, self._runner.close)
 

@@ -16,7 +16,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from nhr import records
@@ -33,7 +33,7 @@ from nhr.run import (
     shard_count,
     shard_up_to_date,
 )
-from nhr.stages.base import Stage, StageContext
+from nhr.stages.base import ShardInputs, Stage, StageContext
 from nhr.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class BackendPool:
                 self.cache_mode == "on"
                 or (self.cache_mode == "auto" and model.backend in CACHED_BY_DEFAULT)
             ):
-                backend = CachedBackend(backend, self.store.root / "cache", self.store.images)
+                backend = CachedBackend(backend, self.store.storage, self.store.images)
             self._instances[key] = backend
             self.loads[role] += 1
         return self._instances[key]
@@ -150,14 +150,19 @@ class StageAdapter:
         )
 
     def _call(
-        self, stage: Stage, ctx: StageContext, inputs: dict[str, Any]
+        self,
+        stage: Stage,
+        ctx: StageContext,
+        inputs: Any,
+        consume: Callable[[Any], Any] = lambda result: result,
     ) -> tuple[Any, float, dict[str, int]]:
-        """Run the stage; its usage delta goes into ctx.stats. Returns (result, seconds,
-        models loaded meanwhile by role)."""
+        """Run the stage (`consume`: what to do with what it returns, inside the measured
+        call: a global stage yields its shards lazily); its usage delta goes into ctx.stats.
+        Returns (result, seconds, models loaded meanwhile by role)."""
         started = time.perf_counter()
         loads_before = Counter(self.backends.loads)
         usage_before = self.backends.usage(stage.roles)
-        result = stage.run(ctx, inputs)
+        result = consume(stage.run(ctx, inputs))
         ctx.stats.add_usage(usage_delta(usage_before, self.backends.usage(stage.roles)))
         loads = dict(sorted((Counter(self.backends.loads) - loads_before).items()))
         return result, time.perf_counter() - started, loads
@@ -193,32 +198,44 @@ class StageAdapter:
         watch: FailureWatch | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
-        """A stage over all shards at once: writes one table per shard, returns the marker."""
+        """A stage over all shards at once: writes one table per shard, returns the marker.
+
+        The stage reads its inputs one shard at a time (`ShardInputs`) and yields each
+        shard's rows as soon as they are complete; each table is written as it comes and
+        dropped, so this process never holds every row of the run."""
         stage = self.stages[stage_name]
-        shard_total = shard_count(self.store)
+        # a stage that reads nothing (design) defines the shards by what it yields
+        shard_total = shard_count(self.store) if stage.reads else 0
         read = inputs_read(self.store, stage.reads)
-        inputs = {
-            name: {shard: self.store.read_rows(name, shard) for shard in range(shard_total)}
-            for name in stage.reads
-        }
+        shards = ShardInputs(
+            shard_total,
+            lambda shard: {name: self.store.read_rows(name, shard) for name in stage.reads},
+        )
         ctx = self._context(stage, watch, progress)
         started = time.perf_counter()
-        rows_by_shard, _, loads = self._call(stage, ctx, inputs)
-        shards = (
-            range(max(rows_by_shard, default=-1) + 1)
-            if stage.name == "design"
-            else range(shard_total)
-        )
-        tables = [
-            self.store.write_rows(
-                stage.name, shard, rows_by_shard.get(shard, []), SCHEMAS[stage.name]
-            )
-            for shard in shards
-        ]
+        tables: list[str] = []
+        table_rows: list[int] = []
+
+        def write(shard: int, rows: list[dict[str, Any]]) -> None:
+            if shard < len(tables):
+                raise ValueError(f"{stage.name} yielded shard {shard} twice or out of order")
+            while len(tables) <= shard:  # a shard with no rows still gets its (empty) table
+                written = rows if len(tables) == shard else []
+                schema = SCHEMAS[stage.name]
+                tables.append(self.store.write_rows(stage.name, len(tables), written, schema))
+                table_rows.append(len(written))
+
+        def write_all(shard_rows: Iterable[tuple[int, list[dict[str, Any]]]]) -> None:
+            for shard, rows in shard_rows:
+                write(shard, rows)
+            if len(tables) < shard_total:
+                write(shard_total - 1, [])
+
+        _, _, loads = self._call(stage, ctx, shards, consume=write_all)
         marker = {
-            "shards": len(shards),
+            "shards": len(tables),
             "tables": tables,
-            "table_rows": [len(rows_by_shard.get(shard, [])) for shard in shards],
+            "table_rows": table_rows,
             "inputs": read,
             "seconds": round(time.perf_counter() - started, 3),
             "stats": ctx.stats.to_dict(),

@@ -12,22 +12,43 @@ the current stage runs, so process start-up and imports are not on the critical 
 Stages without a model role (schedule, select) are cheap and run in the driver through the
 same adapter. Global stages with a role (design) run as one unit on one actor of their pool.
 
-Failures: a unit's exception comes back unwrapped (a `BrokenBackendError` stops the run with
-the message and exit code of the local executor). Each actor keeps its own `FailureWatch` per
-stage, and its markers wait while that watch is undecided. A killed actor is restarted by Ray
-and its unit retried (`max_restarts`, `max_task_retries`); if Ray gives up, the driver starts
-a new actor and resubmits the unit, so a lost worker costs at most its unit. A retried unit
-rewrites the same deterministic table, so the dataset is identical.
+What all replicas share lives in one `Coordinator` actor per run, owned by the driver:
 
-Known limits of this step: the run directory must be on a disk every worker sees (local, or a
-shared file system); API limits (`limits.*`) apply per replica, not across replicas; the
-failure watch is per actor.
+- API limits. An API-backed model (openai, gemini) keeps `limits.max_concurrency`,
+  `requests_per_minute`, `tokens_per_minute` and the Retry-After pause as one limit across all
+  its replicas, and across roles sharing its model config, as one process would: a server's
+  limit is global. Each actor installs a `_RemoteLimiter` (`backends.api.share_limits`) before
+  it builds backends; a request takes a leased slot from the coordinator (one round trip,
+  ~1 ms against API calls of 100s of ms; releases go without waiting, those of one loop turn
+  in one message). A slot whose replica died comes back once it outlived its request's
+  `timeout_s` plus `SLOT_LEASE_MARGIN_S`.
+- Failure watches. The `FailureTally` of each stage is the coordinator's: the first
+  `retry.stop_after_failures` items a stage sends to a role, from all replicas together, all
+  failing for one reason stop the run, as locally. Actors report each batch's outcomes (not
+  once the role is disarmed) and say with each unit whether the watch is still undecided.
+
+Failures: a unit's exception comes back unwrapped (a `BrokenBackendError` stops the run with
+the message and exit code of the local executor; the other replicas stop at their next report,
+and the driver cancels their units). Markers wait while the stage's watch is undecided. A
+killed actor is restarted by Ray and its unit retried (`max_restarts`, `max_task_retries`); if
+Ray gives up, the driver starts a new actor and resubmits the unit, so a lost worker costs at
+most its unit. A retried unit rewrites the same deterministic table, so the dataset is
+identical (its items are reported to the watch again). A killed driver takes its actors and
+the coordinator with it (Ray ends its job); the next run starts afresh and resumes from the
+markers.
+
+The run directory is one every worker reaches: object storage (`s3://`, `gs://`, nhr/storage.py)
+or a file system every node mounts. Global stages without a role (schedule) stream one shard
+at a time through the driver, so its memory does not grow with the run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import os
+import time
 import uuid
 from collections import Counter, deque
 from typing import Any
@@ -42,6 +63,8 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         f"--executor ray needs ray ({error.name or 'ray'} is not installed): pip install 'nhr[ray]'"
     ) from None
 
+from nhr.backends.api import LocalLimiter, limits_scope, share_limits
+from nhr.calls import FailureTally, FailureWatch
 from nhr.config import NhrConfig
 from nhr.executors.base import BackendPool, DeferredMarkers, Executor, StageAdapter
 from nhr.stages.base import Stage
@@ -52,12 +75,196 @@ log = logging.getLogger(__name__)
 MAX_RESTARTS = 3  # per actor: Ray restarts a dead actor and retries its unit this many times
 MAX_RESUBMITS = 3  # per unit, by the driver, once Ray gave up on an actor
 NAMESPACE = "nhr"
+# A slot not given back this long after its request's timeout belonged to a dead replica.
+SLOT_LEASE_MARGIN_S = 30.0
+
+
+# -- one place for what all replicas share: API limits and failure watches ---------------------
+
+
+class _SharedLimits:
+    """One model's API limits for every replica: concurrency slots as leased tickets (a
+    replica that dies holding one does not keep it past its lease), and the per-minute
+    budgets and Retry-After pause of `LocalLimiter`. Runs on the coordinator's event loop."""
+
+    def __init__(self, limits: Any) -> None:
+        self.limits = limits
+        self.lease_s = limits.timeout_s + SLOT_LEASE_MARGIN_S
+        self.budgets = LocalLimiter(limits)
+        self.held: dict[int, float] = {}  # ticket -> when the slot is reclaimed
+        self.tickets = 0
+        self.peak = 0  # most slots held at once
+        self._turn = asyncio.Lock()  # slots go first come, first served
+        self._freed = asyncio.Event()
+
+    async def acquire(self, tokens: int) -> int:
+        async with self._turn:
+            while True:
+                now = time.monotonic()
+                for ticket in [t for t, until in self.held.items() if until <= now]:
+                    del self.held[ticket]  # its replica died without giving it back
+                if len(self.held) < self.limits.max_concurrency:
+                    break
+                self._freed.clear()
+                reclaim = min(self.held.values()) - now  # inf: all wait for their budgets
+                try:
+                    await asyncio.wait_for(
+                        self._freed.wait(), None if math.isinf(reclaim) else reclaim
+                    )
+                except TimeoutError:
+                    pass
+            ticket = self.tickets = self.tickets + 1
+            self.held[ticket] = math.inf  # held while it waits for the budgets
+            self.peak = max(self.peak, len(self.held))
+        try:
+            await self.budgets.wait_for_budgets(tokens)
+        except BaseException:
+            self.release(ticket, 0.0)
+            raise
+        self.held[ticket] = time.monotonic() + self.lease_s
+        return ticket
+
+    def release(self, ticket: int, unused_tokens: float) -> None:
+        if self.held.pop(ticket, None) is not None:
+            self._freed.set()
+        self.budgets.give_back_tokens(unused_tokens)
+
+
+class Coordinator:
+    """An async actor per run, owned by the driver: the API limits of each model config
+    (`limits_scope`) and the `FailureTally` of each stage, for all replicas at once. A
+    request costs one round trip here (~1 ms, against API calls of 100s of ms); a failure
+    report one per batch, and none once its role is disarmed."""
+
+    def __init__(self, stop_after_failures: int, limits: dict[str, Any]) -> None:
+        self.stop_after_failures = stop_after_failures
+        self.limits = limits
+        self.shared: dict[str, _SharedLimits] = {}  # built on the actor's loop
+        self.tallies: dict[str, FailureTally] = {}
+
+    def _scope(self, scope: str) -> _SharedLimits:
+        if scope not in self.shared:
+            self.shared[scope] = _SharedLimits(self.limits[scope])
+        return self.shared[scope]
+
+    async def acquire(self, scope: str, tokens: int) -> int:
+        return await self._scope(scope).acquire(tokens)
+
+    async def release(self, scope: str, releases: list[tuple[int, float]]) -> None:
+        """Give slots back: (ticket, unused tokens) each."""
+        limits = self._scope(scope)
+        for ticket, unused_tokens in releases:
+            limits.release(ticket, unused_tokens)
+
+    async def pause(self, scope: str, seconds: float) -> None:
+        self._scope(scope).budgets.pause(seconds)
+
+    async def slots_report(self) -> dict[str, dict[str, int]]:
+        """Per scope: tickets granted, most slots held at once, slots held now."""
+        return {
+            scope: {"granted": limits.tickets, "peak": limits.peak, "held": len(limits.held)}
+            for scope, limits in self.shared.items()
+        }
+
+    def _tally(self, stage: str) -> FailureTally:
+        if stage not in self.tallies:
+            self.tallies[stage] = FailureTally(self.stop_after_failures)
+        return self.tallies[stage]
+
+    async def record(self, stage: str, role: str, outcomes: list) -> tuple[Any, bool]:
+        """Add a replica's item outcomes: (the streak that broke the backend or None, whether
+        the role is disarmed for good)."""
+        tally = self._tally(stage)
+        return tally.add(role, outcomes), tally.disarmed(role)
+
+    async def undecided(self, stage: str) -> bool:
+        return self._tally(stage).undecided()
+
+
+class _RemoteLimiter:
+    """A replica's side of `_SharedLimits`: a `Limiter` for its API runner (on the runner's
+    event loop) that asks the coordinator. It never asks for more slots than the whole limit,
+    and gives slots back without waiting for an answer, the slots freed in one turn of the
+    loop in one message."""
+
+    def __init__(self, coordinator: Any, scope: str, limits: Any) -> None:
+        self.coordinator = coordinator
+        self.scope = scope
+        self._asking = asyncio.Semaphore(limits.max_concurrency)
+        self._releases: list[tuple[int, float]] = []
+
+    async def acquire(self, tokens: int) -> int:
+        await self._asking.acquire()
+        try:
+            return await self.coordinator.acquire.remote(self.scope, tokens)
+        except BaseException:
+            self._asking.release()
+            raise
+
+    def release(self, ticket: int, unused_tokens: float) -> None:
+        self._asking.release()
+        self._releases.append((ticket, unused_tokens))
+        if len(self._releases) == 1:
+            asyncio.get_running_loop().call_soon(self._send_releases)
+
+    def _send_releases(self) -> None:
+        releases, self._releases = self._releases, []
+        self.coordinator.release.remote(self.scope, releases)
+
+    def pause(self, seconds: float) -> None:
+        self.coordinator.pause.remote(self.scope, seconds)
+
+
+class _SharedWatch(FailureWatch):
+    """A stage's `FailureWatch` whose tally is the coordinator's: the first `limit` items the
+    stage sent to a role, from all replicas together, decide, as in one process."""
+
+    def __init__(self, stage: str, limit: int, coordinator: Any) -> None:
+        super().__init__(stage, limit)
+        self.coordinator = coordinator
+        self._disarmed: set[str] = set()  # roles that can no longer stop the stage
+
+    def _add(self, role: str, outcomes: list[tuple[str, str] | None]):
+        if role in self._disarmed:
+            return None
+        broken, disarmed = ray.get(self.coordinator.record.remote(self.stage, role, outcomes))
+        if disarmed:
+            self._disarmed.add(role)
+        return broken
+
+    def undecided(self) -> bool:
+        if self.limit <= 0:
+            return False
+        return ray.get(self.coordinator.undecided.remote(self.stage))
+
+
+def shared_limit_scopes(config: NhrConfig) -> dict[str, Any]:
+    """The limits of every API-backed model of the config, by `limits_scope` (one entry for
+    roles that share a model config, as they share one backend)."""
+    scopes = {}
+    for role in type(config.models).model_fields:
+        model = getattr(config.models, role)
+        if getattr(model, "limits", None) is not None:
+            scopes[limits_scope(model)] = model.limits
+    return scopes
 
 
 class RoleWorker:
     """One replica of a model role: a BackendPool and a StageAdapter in this process."""
 
-    def __init__(self, config: NhrConfig, root: str) -> None:
+    def __init__(self, config: NhrConfig, root: str, coordinator: str) -> None:
+        # looked up by name: a handle passed while the coordinator is still being created
+        # would make Ray keep this actor's arguments in the object store (bad for restarts)
+        coordinator = self.coordinator = ray.get_actor(coordinator, namespace=NAMESPACE)
+        scopes = shared_limit_scopes(config)
+        # before any backend is built: API backends here take their limits from the coordinator
+        share_limits(
+            lambda scope, limits: (
+                _RemoteLimiter(coordinator, scope, limits)
+                if scope in scopes
+                else LocalLimiter(limits)
+            )
+        )
         self.store = RunStore(root)
         self.backends = BackendPool(config, self.store)
         self.adapter = StageAdapter(config, self.store, self.backends)
@@ -92,11 +299,9 @@ class RoleWorker:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         }
 
-    def _watch(self, stage: str):
-        from nhr.calls import FailureWatch
-
+    def _watch(self, stage: str) -> FailureWatch:
         if stage not in self.watches:
-            self.watches[stage] = FailureWatch(stage, self.limit)
+            self.watches[stage] = _SharedWatch(stage, self.limit, self.coordinator)
         return self.watches[stage]
 
     def run_shard(self, stage: str, shard: int) -> dict[str, Any]:
@@ -151,7 +356,8 @@ class _Pool:
     def _start(self, index: int, generation: int = 0):
         name = f"{self.executor.token}:{self.role}:{index}:{generation}"
         remote = self.executor.worker_class.options(name=name, **self.options)
-        actor = remote.remote(self.executor.config, str(self.executor.store.root))
+        executor = self.executor
+        actor = remote.remote(executor.config, str(executor.store.root), executor.coordinator_name)
         self._setups[index] = actor.setup.remote(self.role)
         return actor
 
@@ -203,9 +409,25 @@ class RayExecutor(Executor):
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         self.token = f"nhr-{uuid.uuid4().hex[:8]}"  # names this run's actors
         self.worker_class = ray.remote(RoleWorker)  # exported to the cluster once per run
+        # API limits and failure watches shared by all replicas; owned by this driver, so it
+        # goes with it (a rerun starts afresh)
+        self.coordinator_name = f"{self.token}:coordinator"
+        self.coordinator = (
+            ray.remote(Coordinator)
+            .options(
+                name=self.coordinator_name,
+                namespace=NAMESPACE,
+                num_cpus=0,
+                max_restarts=MAX_RESTARTS,
+                max_task_retries=MAX_RESTARTS,
+            )
+            .remote(config.retry.stop_after_failures, shared_limit_scopes(config))
+        )
         self.pools: dict[str, _Pool] = {}
         # role -> where its actors ran (pid, node, GPU ids), for `MineResult.details`
         self.placements: dict[str, list[dict[str, Any]]] = {}
+        # limits scope -> API requests let through, and the most in flight at once
+        self.api_slots: dict[str, dict[str, int]] = {}
         self._driver: StageAdapter | None = None
 
     # -- pools ----------------------------------------------------------------------------
@@ -236,11 +458,16 @@ class RayExecutor(Executor):
     def close(self) -> None:
         for role in list(self.pools):
             self._stop(role)
+        try:
+            self.api_slots = ray.get(self.coordinator.slots_report.remote(), timeout=10)
+            ray.kill(self.coordinator, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
         if self._owns_ray:
             ray.shutdown()
 
     def details(self) -> dict[str, Any]:
-        return {**super().details(), "placements": self.placements}
+        return {**super().details(), "placements": self.placements, "api_slots": self.api_slots}
 
     def _driver_adapter(self) -> StageAdapter:
         if self._driver is None:  # stages without a model: no backend is ever built here
@@ -262,7 +489,9 @@ class RayExecutor(Executor):
                 marker = result["marker"]
             else:
                 self._prestart(position)
-                marker = self._driver_adapter().run_global(stage.name, self.watch(stage))
+                # in the driver, one shard at a time (the adapter streams global stages)
+                progress = bar.items if bar is not None else None
+                marker = self._driver_adapter().run_global(stage.name, self.watch(stage), progress)
             if bar is not None:
                 bar.items(marker["stats"].get("model_calls", 0))
                 bar.shard_done()
@@ -320,8 +549,9 @@ class RayExecutor(Executor):
         queue = deque(shards)
         in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (actor index, shard)
         resubmits: dict[int, int] = {}
-        # one set of deferred markers per actor: each actor has its own FailureWatch
-        markers = [DeferredMarkers(self.store) for _ in pool.actors]
+        # one watch for the stage across the actors (the coordinator's), so one set of
+        # deferred markers: they wait while the actors report the watch undecided
+        markers = DeferredMarkers(self.store)
 
         def submit(index: int) -> None:
             if queue:
@@ -344,12 +574,11 @@ class RayExecutor(Executor):
                     if resubmits[shard] > MAX_RESUBMITS:
                         raise
                     log.warning("a %s worker died; its shard %d runs again", pool.role, shard)
-                    markers[index] = DeferredMarkers(self.store)  # its watch died with it
                     pool.replace(index)
                     queue.appendleft(shard)
                     submit(index)
                     continue
-                markers[index].mark_done(
+                markers.mark_done(
                     stage.name, shard, result["marker"], undecided=result["undecided"]
                 )
                 self._tick(bar, result["marker"])
@@ -360,5 +589,4 @@ class RayExecutor(Executor):
                     ray.cancel(ref)
                 except Exception:  # noqa: BLE001 - already finished or its actor gone
                     pass
-        for pending in markers:
-            pending.flush()
+        markers.flush()

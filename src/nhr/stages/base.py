@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
@@ -40,12 +40,32 @@ class StageContext:
 
 
 class Stage(Protocol):
+    """A shard stage's `run(ctx, inputs)` gets one shard's input rows by table name and returns
+    that shard's rows. A global stage's `run(ctx, shards)` gets `ShardInputs` and yields
+    (shard, rows) in increasing shard order, each shard as soon as it is complete: its
+    tables are written as they come, so no step holds every row of the run."""
+
     name: str
     reads: tuple[str, ...]
     global_scope: bool  # True: runs once over all shards (a barrier); False: once per shard
     roles: tuple[str, ...]  # model roles it uses (models.<role> in the config)
 
-    def run(self, ctx: StageContext, inputs: dict[str, Any]) -> Any: ...
+    def run(self, ctx: StageContext, inputs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ShardInputs:
+    """What a global stage reads: `count` shards, each read on demand (`read(shard)` gives its
+    rows by table name, read again on every call), so a stage can make several passes over
+    the run while holding one shard at a time."""
+
+    count: int
+    read: Callable[[int], dict[str, list[dict[str, Any]]]]
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, list[dict[str, Any]]]]]:
+        """One pass: (shard, inputs) for every shard, in order."""
+        for shard in range(self.count):
+            yield shard, self.read(shard)
 
 
 def ok_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,12 +8,16 @@ each batch's parsed answer is checkpointed when its round ends, so the requests 
 not grow with `run.prompts` and a killed run never pays twice for a design call. Items are
 checked one by one: a bad item is dropped with a reason; an answer with no JSON array is
 re-asked and finally recorded as a failed batch. Each prompt's `style` is the one its item
-names (`item_style`).
+names (`item_style`). Prompts leave as soon as their shard is complete (the stage yields each
+shard's rows for the adapter to write): what stays in memory is one 16-byte key per prompt,
+to refuse duplicates.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Iterator
 from string import Template
 from typing import Any
 
@@ -109,40 +113,53 @@ def item_style(item: dict[str, Any], styles: list[str]) -> str:
     return next((style for style in styles if style.lower() == said.lower()), said)
 
 
+def prompt_key(prompt: str) -> bytes:
+    """What duplicate prompts share (their text, case aside), in 16 bytes: the set of every
+    prompt of the run is the one thing design keeps in memory, ~80 bytes a prompt this way."""
+    return hashlib.blake2b(prompt.lower().encode(), digest_size=16).digest()
+
+
 class DesignStage:
     name = "design"
     reads: tuple[str, ...] = ()
     global_scope = True
     roles = ("designer",)
 
-    def run(self, ctx: StageContext, inputs: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    def run(self, ctx: StageContext, shards: Any = None) -> Iterator[tuple[int, list[dict]]]:
+        """Yields (shard, prompt rows) as each shard of `run.shard_size` prompts is complete,
+        so its table is written before the next is designed (reads nothing: `shards` unused)."""
         config = ctx.config
         wanted = config.run.prompts
         batch_size = effective_batch_size(config)
         max_batches = config.design.max_batches or 3 * math.ceil(wanted / batch_size) + 2
         model = ctx.model_info("designer")
-        prompts: list[dict[str, Any]] = []
-        seen_prompts: set[str] = set()
+        shard_rows: list[dict[str, Any]] = []  # the prompts of the shard being filled
+        designed = 0  # prompts designed so far (rows past `wanted` are counted, not kept)
+        seen_prompts: set[bytes] = set()  # prompt_key of every prompt so far
         next_batch = 0
-        while len(prompts) < wanted and next_batch < max_batches:
-            needed = min(math.ceil((wanted - len(prompts)) / batch_size), ROUND_BATCHES)
+        while designed < wanted and next_batch < max_batches:
+            needed = min(math.ceil((wanted - designed) / batch_size), ROUND_BATCHES)
             indices = list(range(next_batch, min(next_batch + needed, max_batches)))
             next_batch = indices[-1] + 1
             for batch_index, answer in zip(indices, self._answers(ctx, indices)):
                 if isinstance(answer, Failure):
                     ctx.stats.fail(answer.reason)
                     continue
-                self._add_items(ctx, batch_index, answer, prompts, seen_prompts, model)
-        if len(prompts) < wanted:
-            ctx.stats.fail("too_few_prompts", wanted - len(prompts))
-        kept = prompts[:wanted]
-        if len(prompts) > len(kept):
-            ctx.stats.drop("over_target", len(prompts) - len(kept))
-        ctx.stats.rows_out = len(kept)
-        shards: dict[int, list[dict[str, Any]]] = {}
-        for row in kept:
-            shards.setdefault(row["prompt_index"] // config.run.shard_size, []).append(row)
-        return shards
+                for row in self._rows(ctx, batch_index, answer, designed, seen_prompts, model):
+                    designed += 1
+                    if row["prompt_index"] < wanted:
+                        shard_rows.append(row)
+                    if len(shard_rows) == config.run.shard_size:
+                        yield row["prompt_index"] // config.run.shard_size, shard_rows
+                        shard_rows = []
+        if shard_rows:
+            yield shard_rows[0]["prompt_index"] // config.run.shard_size, shard_rows
+        if designed < wanted:
+            ctx.stats.fail("too_few_prompts", wanted - designed)
+        kept = min(designed, wanted)
+        if designed > kept:
+            ctx.stats.drop("over_target", designed - kept)
+        ctx.stats.rows_out = kept
 
     def _answers(self, ctx: StageContext, indices: list[int]) -> list[Any]:
         """Parsed answers per batch index, from checkpoints where a previous run got them."""
@@ -172,7 +189,8 @@ class DesignStage:
         ctx.progress(len(indices))
         return [answers[index] for index in indices]
 
-    def _add_items(self, ctx, batch_index, items, prompts, seen_prompts, model) -> None:
+    def _rows(self, ctx, batch_index, items, designed, seen_prompts, model) -> Iterator[dict]:
+        """The prompt rows of one batch's items, numbered from `designed` on."""
         config = ctx.config
         operation = batch_operation(config, batch_index)
         for item in items:
@@ -182,29 +200,29 @@ class DesignStage:
                 ctx.stats.drop(cleaned)
                 continue
             prompt, edits = cleaned
-            if prompt.lower() in seen_prompts:
+            key = prompt_key(prompt)
+            if key in seen_prompts:
                 ctx.stats.drop("duplicate_prompt")
                 continue
-            seen_prompts.add(prompt.lower())
-            index = len(prompts)
+            seen_prompts.add(key)
+            index = designed
+            designed += 1
             prompt_id = stable_id(config.run.seed, "prompt", index, prompt)
-            prompts.append(
-                {
-                    "prompt_id": prompt_id,
-                    "prompt_index": index,
-                    "prompt": prompt,
-                    "operation": operation,
-                    "style": item_style(item, config.brief.styles),
-                    "edits": [
-                        {
-                            "edit_id": stable_id(prompt_id, "edit", k, edit["instruction"]),
-                            "instruction": edit["instruction"],
-                            "operation": operation,
-                            "composite": edit["composite"],
-                        }
-                        for k, edit in enumerate(edits)
-                    ],
-                    "design_batch": batch_index,
-                    "model": model,
-                }
-            )
+            yield {
+                "prompt_id": prompt_id,
+                "prompt_index": index,
+                "prompt": prompt,
+                "operation": operation,
+                "style": item_style(item, config.brief.styles),
+                "edits": [
+                    {
+                        "edit_id": stable_id(prompt_id, "edit", k, edit["instruction"]),
+                        "instruction": edit["instruction"],
+                        "operation": operation,
+                        "composite": edit["composite"],
+                    }
+                    for k, edit in enumerate(edits)
+                ],
+                "design_batch": batch_index,
+                "model": model,
+            }

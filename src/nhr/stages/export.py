@@ -4,25 +4,24 @@
     RUN/dataset/README.md                            dataset card with counts
 
 The image columns carry the `datasets` feature metadata, so
-`datasets.load_dataset("parquet", data_dir="RUN/dataset/data")` returns PIL images. The
-dataset is written to a temporary folder and moved into place, so a reader never sees half
-an export. Rows are ordered by shard and then by triplet id: the same run gives the same files.
+`datasets.load_dataset("parquet", data_dir="RUN/dataset/data")` returns PIL images. On local
+disk the dataset is written to a temporary folder and moved into place, so a reader never sees
+half an export; on object storage each file appears whole and the export marker, written
+after, is the commit (nhr/storage.py). Rows are ordered by shard and then by triplet id: the same run gives the same files.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-import shutil
-import tempfile
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nhr.records import OK
-from nhr.store import DamagedImageError, RunStore, atomic_write_bytes, dir_mode
+from nhr.store import DamagedImageError, RunStore
 
 ROW_GROUP = 32
 
@@ -135,7 +134,7 @@ def _with_image_bytes(store: RunStore, row: dict[str, Any]) -> dict[str, Any]:
         problem = decode_problem(data, full=False)
         if problem is not None:
             raise DamagedImageError(
-                store.images.path(digest),
+                store.images.where(digest),
                 f"image does not decode ({problem})",
                 "delete it and run `nhr mine` again to redo the shard that made it",
             )
@@ -146,46 +145,46 @@ def _with_image_bytes(store: RunStore, row: dict[str, Any]) -> dict[str, Any]:
 def write_dataset(
     store: RunStore, shards: list[int], release: str, rows_per_file: int
 ) -> dict[str, Any]:
-    """Write RUN/dataset atomically; returns the summary stored in the export marker."""
-    rows = [row for shard in shards for row in shard_rows(store, shard, release)]
-    target = store.root / "dataset"
-    staging = Path(tempfile.mkdtemp(dir=store.root, prefix=".dataset-"))
-    try:
-        staging.chmod(dir_mode())  # mkdtemp makes it 0700; the dataset is for others to read
-        data_dir = staging / "data"
-        data_dir.mkdir()
-        file_count = max(1, -(-len(rows) // rows_per_file))
+    """Write RUN/dataset; returns the summary stored in the export marker.
+
+    Two passes over the shards, so memory stays flat however large the run: the first counts
+    the released rows (the number of files goes into each file's name), the second streams
+    them, a row group of images at a time."""
+    total = sum(
+        sum(1 for t in store.read_rows(release, shard) if t["status"] == OK) for shard in shards
+    )
+    file_count = max(1, -(-total // rows_per_file))
+    counts: dict[str, Counter[str]] = {"kind": Counter(), "category": Counter(), "style": Counter()}
+    rows = (row for shard in shards for row in shard_rows(store, shard, release))
+    written = 0
+    with store.storage.replace_folder("dataset") as folder:
         for index in range(file_count):
-            chunk = rows[index * rows_per_file : (index + 1) * rows_per_file]
-            path = data_dir / f"train-{index:05d}-of-{file_count:05d}.parquet"
-            with pq.ParquetWriter(path, DATASET_SCHEMA) as writer:
+            name = f"data/train-{index:05d}-of-{file_count:05d}.parquet"
+            chunk = itertools.islice(rows, rows_per_file)
+            with folder.open_write(name) as handle, pq.ParquetWriter(
+                handle, DATASET_SCHEMA
+            ) as writer:
                 # Row groups of a few dozen rows keep memory flat with 1 MP images.
-                for start in range(0, len(chunk), ROW_GROUP):
-                    group = [_with_image_bytes(store, r) for r in chunk[start : start + ROW_GROUP]]
+                while group := list(itertools.islice(chunk, ROW_GROUP)):
+                    for row in group:
+                        for column, counter in counts.items():
+                            counter[row[column]] += 1
+                    written += len(group)
+                    group = [_with_image_bytes(store, row) for row in group]
                     writer.write_table(pa.Table.from_pylist(group, schema=DATASET_SCHEMA))
-        summary = summarize(rows)
-        atomic_write_bytes(staging / "README.md", dataset_card(summary).encode("utf-8"))
-        # The old dataset stays whole until the new one is complete; a kill between the two
-        # renames leaves a `.dataset-*` folder that the next start cleans up.
-        if target.exists():
-            target.rename(Path(tempfile.mkdtemp(dir=store.root, prefix=".dataset-old-")) / "old")
-        staging.rename(target)
-    except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, OSError) and error.filename is None:
-            error.filename = str(target)  # pyarrow's write errors name no file
-        raise
-    for old in store.root.glob(".dataset-old-*"):
-        shutil.rmtree(old, ignore_errors=True)
+        if written != total:  # the tables changed between the passes: another writer
+            raise RuntimeError(f"{store.where('dataset')}: {total} rows counted, {written} written")
+        summary = summarize(written, counts)
+        folder.write_bytes("README.md", dataset_card(summary).encode("utf-8"))
     return summary
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(rows: int, counts: dict[str, Counter[str]]) -> dict[str, Any]:
     return {
-        "rows": len(rows),
-        "by_kind": dict(sorted(Counter(r["kind"] for r in rows).items())),
-        "by_category": dict(sorted(Counter(r["category"] for r in rows).items())),
-        "by_style": dict(sorted(Counter(r["style"] for r in rows).items())),
+        "rows": rows,
+        "by_kind": dict(sorted(counts["kind"].items())),
+        "by_category": dict(sorted(counts["category"].items())),
+        "by_style": dict(sorted(counts["style"].items())),
     }
 
 
