@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from tests.helpers import mine_command
 
 import nhr
+from helpers import mine_command
 from nhr.cli import main
 from nhr.lock import LEASE_KEY, LeaseLostError, ObjectLease
 from nhr.storage import ObjectStorage, open_storage

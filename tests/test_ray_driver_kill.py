@@ -34,7 +34,6 @@ def counts(stats) -> list:
     return [(s["stage"], s["rows_in"], s["rows_out"]) for s in stats["stages"]]
 
 
-@pytest.mark.slow
 def test_a_killed_ray_driver_resumes_to_the_same_dataset(ray_cluster, tmp_path):
     reference = nhr.mine(small(), tmp_path / "local", preflight=False)
     config = tmp_path / "slow.yaml"
