@@ -1,6 +1,8 @@
 """The acceptance criteria of the quickstart, measured on the real quickstart config.
 
-One full quickstart run (about 20 s here) is shared by these tests.
+One full quickstart run (about 30 s here) is shared by these tests. Its judges are the
+simulator's realistic profiles (docs/simulator.md), so the figures are the reference run's
+(NHR-METHOD §5 of the paper's Table 2), measured against the simulator's ground truth.
 """
 
 import json
@@ -15,8 +17,9 @@ from helpers import dataset_rows, table_rows
 from nhr.analysis.estimate import compute_estimate
 from nhr.analysis.report import build_report
 from nhr.backends.sim import SUPPORTED_OPERATIONS
-from nhr.backends.sim.truth import label_candidate
+from nhr.backends.sim.truth import AUDIT_KIND, label_candidate, true_scores
 from nhr.config import load_config
+from nhr.pipeline import release_stage
 from nhr.store import ImageStore
 
 BANNED = re.compile(r"\b(revert|undo|restore|back)\b", re.IGNORECASE)
@@ -63,20 +66,71 @@ def test_released_per_forward_ratio_is_at_least_two(quickstart):
     assert "Released / forward triplets" in (run_dir / "report" / "report.md").read_text()
 
 
-def test_survival_rates_are_near_the_reference(quickstart):
+REFERENCE_CHANGE = {  # the paper's Table 2 (NHR-METHOD §5)
+    "plausibility gate": -0.560,
+    "pre-filter (VLM)": -0.570,
+    "low-level check": -0.030,
+    "validator": -0.632,
+    "best-of selection": -0.310,
+    "inversion": 0.949,
+    "backward-consistency filter": -0.131,
+    "composition": 0.307,
+}
+
+
+def test_every_survival_step_is_within_5_points_of_the_reference(quickstart):
     _, _, summary = quickstart
     change = {row["step"]: row["change"] for row in summary["survival"]}
-    assert -0.70 < change["plausibility gate"] < -0.40  # reference -56 %
-    assert -0.70 < change["pre-filter (VLM)"] < -0.40  # reference -57 %
-    assert -0.75 < change["validator"] < -0.50  # reference -63 %
-    assert -0.45 < change["best-of selection"] < -0.15  # reference -31 %
-    assert 0.85 < change["inversion"] < 1.0  # reference +95 %
+    for step, reference in REFERENCE_CHANGE.items():
+        assert abs(change[step] - reference) <= 0.05, (step, change[step], reference)
 
 
-def test_knee_midpoint_is_sensible_on_the_quickstart(quickstart):
+def test_survival_curve_has_the_reference_knees_and_the_knee_rule_gives_4_7(quickstart):
     _, _, summary = quickstart
-    suggested = summary["survival_curve"]["suggested_threshold"]
-    assert suggested is not None and 4.3 <= suggested <= 5.0
+    curve = summary["survival_curve"]
+    first, second = sorted(float(k) for k in curve["knees"])
+    assert abs(first - 4.5) <= 0.1 and abs(second - 4.9) <= 0.1  # reference 4.5 and 4.9
+    assert abs(curve["suggested_threshold"] - 4.7) <= 0.1 + 1e-9
+
+
+def test_released_triplets_are_defective_like_the_papers_audit(quickstart):
+    """About 14 % of the reference release was found defective by a human audit, spread over
+    source defects, difficult removals, target-region errors and minor inpainting."""
+    run_dir, _, _ = quickstart
+    images = ImageStore(run_dir / "images")
+    released = release_stage(load_config(QUICKSTART))
+    rows = [r for r in table_rows(run_dir, released) if r["status"] == "ok"]
+    assert len(rows) == len(dataset_rows(run_dir))
+    kinds = []
+    for row in rows:
+        label = _label(images, row)
+        if not label.correct:
+            kinds.append(AUDIT_KIND[label.error])
+    assert 0.10 <= len(kinds) / len(rows) <= 0.18
+    shares = {kind: kinds.count(kind) / len(kinds) for kind in set(kinds)}
+    assert max(shares.values()) <= 0.5  # not all of one kind
+    assert sum(share >= 0.1 for share in shares.values()) >= 3
+
+    # the filters earn their keep: the validator raises the share of correct candidates
+    # the pre-filter left, and near-misses are common among the edit attempts
+    edits = {r["candidate_id"]: r for r in table_rows(run_dir, "edit") if r["status"] == "ok"}
+
+    def correct_share(stage):
+        kept = [r["candidate_id"] for r in table_rows(run_dir, stage) if r["status"] == "ok"]
+        return sum(_label(images, edits[i]).correct for i in kept) / len(kept)
+
+    assert correct_share("validate") >= correct_share("prefilter") + 0.08
+    attempts = list(edits.values())[::4]
+    near = [4.0 <= min(true_scores(*_triplet(images, c))) < 4.7 for c in attempts]
+    assert sum(near) / len(near) >= 0.2
+
+
+def _triplet(images, row):
+    return images.get(row["source_image"]), images.get(row["edited_image"]), row["instruction"]
+
+
+def _label(images, row):
+    return label_candidate(*_triplet(images, row))
 
 
 def test_estimate_from_half_the_prompts_is_within_15_percent(quickstart, tmp_path):
@@ -88,7 +142,10 @@ def test_estimate_from_half_the_prompts_is_within_15_percent(quickstart, tmp_pat
     assert {s["stage"] for s in estimate["stages"]} == {k for k, v in actual.items() if v}
     for stage in estimate["stages"]:
         error = stage["expected_calls"] / actual[stage["stage"]] - 1
-        assert abs(error) <= 0.15, (stage["stage"], error)
+        # with realistic judges a few hundred calls (composition re-validates ~200
+        # composites here) vary by more between two samples of prompts
+        tolerance = 0.15 if actual[stage["stage"]] >= 500 else 0.3
+        assert abs(error) <= tolerance, (stage["stage"], error)
 
 
 def phantom_heavy_config(tmp_path):
@@ -119,8 +176,12 @@ def test_backward_filter_catches_phantom_removals_and_spares_correct_edits(tmp_p
         if kind in verdicts:
             verdicts[kind].append(row["status"] == "dropped")
     assert len(verdicts["phantom"]) >= 15, "the config should produce phantom removals"
-    assert sum(verdicts["phantom"]) / len(verdicts["phantom"]) >= 0.80
-    assert sum(verdicts["correct"]) / len(verdicts["correct"]) <= 0.05
+    caught = sum(verdicts["phantom"]) / len(verdicts["phantom"])
+    collateral = sum(verdicts["correct"]) / len(verdicts["correct"])
+    assert caught >= 0.80
+    # the collateral of realistic judges and inverters: a correct forward whose inverse
+    # instruction came out wrong twice, or whose inverse the validator misread (~12 % here)
+    assert collateral <= 0.18 and caught >= 5 * collateral
     stats = json.loads((run_dir / "report" / "stats.json").read_text())
     backward = next(s for s in stats["stages"] if s["stage"] == "backward")
     assert backward["dropped"]["forward_backward_inconsistent"] >= 0.8 * len(verdicts["phantom"])

@@ -245,7 +245,10 @@ def test_info_names_model_and_host_never_the_key(server):
 def test_mine_through_the_gemini_sdk(small_config, tmp_path):
     import nhr
 
-    with FakeApiServer(faults={3: "429", 10: "500"}, retry_after="0") as server:
+    # The server's model judges like the quickstart's validator (a plain Gaussian judge on
+    # the simulator's continuous truth passes almost nothing at T = 4.7).
+    judging = SimBackendConfig(scale=1.0, judge="tuned-gemini-2.0-flash")
+    with FakeApiServer(sim=judging, faults={3: "429", 10: "500"}, retry_after="0") as server:
         api = {
             "backend": "gemini",
             "base_url": server.url,

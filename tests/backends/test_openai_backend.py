@@ -243,11 +243,19 @@ def _faults(path: str, body: dict) -> str | None:
     return None
 
 
+JUDGING_SIM = SimBackendConfig(scale=1.0, judge="tuned-gemini-2.0-flash")
+
+
 def test_mine_through_the_openai_sdk_with_faults(small_config, tmp_path):
     import nhr
 
+    # The server's model judges like the quickstart's validator (a plain Gaussian judge on
+    # the simulator's continuous truth passes almost nothing at T = 4.7).
     with FakeApiServer(
-        fault_rates={"429": 0.05, "500": 0.05}, fault_hook=_faults, retry_after="0"
+        sim=JUDGING_SIM,
+        fault_rates={"429": 0.05, "500": 0.05},
+        fault_hook=_faults,
+        retry_after="0",
     ) as server:
         api = {
             "backend": "openai",

@@ -18,9 +18,10 @@ from nhr.backends.sim.render import decode_pixels
 from nhr.parsing import parse_scores, parse_yes_no
 from nhr.taxonomy import OPERATIONS
 
-ZERO_EDIT = dict.fromkeys(OUTCOMES, 0.0)
+# no errors and no small imperfections: every edit a perfect 5
+ZERO_EDIT = dict.fromkeys(OUTCOMES, 0.0) | {"finish": 0.0}
 ZERO_GEN = dict.fromkeys(
-    ("missing_object", "duplicate_object", "garbled_object", "implausible"), 0.0
+    ("missing_object", "duplicate_object", "garbled_object", "implausible", "roughness"), 0.0
 )
 PROMPT = (
     "A flat illustration of a park at midday: a red bicycle on the left, a blue cat in the "
@@ -164,7 +165,12 @@ def test_yes_no_tasks_follow_the_truth():
     unwanted = Template(template("unwanted")).substitute(instruction=instruction)
     aesthetic = template("aesthetic")
     fine = good.edit([EditRequest(source, instruction, 0)])[0]
-    ugly = blob.edit([EditRequest(source, instruction, 0)])[0]
+    ugly = next(  # a plain blob, not a minor one (a minor one may still please)
+        image
+        for seed in range(20)
+        for image in blob.edit([EditRequest(source, instruction, seed)])
+        if truth.read_scene(image)["scene"]["flaw_size"]["artefact"] >= 0.5
+    )
     more = extra.edit([EditRequest(source, instruction, 0)])[0]
     assert yes_no(judge, (source, fine), unwanted) and yes_no(judge, (fine,), aesthetic)
     assert not yes_no(judge, (ugly,), aesthetic)

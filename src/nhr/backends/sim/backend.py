@@ -17,7 +17,7 @@ from nhr.backends.base import (
 )
 from nhr.backends.sim import llm, vision
 from nhr.backends.sim.config import SimBackendConfig
-from nhr.backends.sim.editor import edit_png
+from nhr.backends.sim.editor import OUTCOMES, edit_png
 from nhr.backends.sim.faults import FaultInjector
 from nhr.backends.sim.generator import generate_png
 from nhr.backends.sim.tasks import text_task
@@ -48,7 +48,9 @@ class SimBackend:
                 "score_noise": c.score_noise,
                 "yes_no_flip": c.yes_no_flip,
                 "defect_detection": c.defect_detection,
-                "editor_error_rate": round(sum(c.editor_errors.model_dump().values()), 4),
+                "editor_error_rate": round(
+                    sum(getattr(c.editor_errors, name) for name in OUTCOMES), 4
+                ),
             },
         )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nhr.backends.configs import ModelScaling, affects_role, operational
 
@@ -56,61 +56,79 @@ class SimFaults(_Strict):
 
 
 class SimEditorErrors(_Strict):
-    """Probability of each failure mode per edit attempt; the rest (65 %) are correct edits.
+    """Probability of each failure mode per edit attempt; the rest (57 %) are correct edits.
 
-    Calibrated with the default judges (pre-filter score_noise 1.2, validator 0.62) and the
-    pipeline's default thresholds: about 57 % of attempts fail the pre-filter, 4 % of the rest
-    the low-level check and 64 % of the rest the validator at T = 4.7, close to the reference
-    run (-57 %, -3 %, -63 %; NHR-METHOD section 5).
+    Each flaw has a size (`minor_share` of them are near-misses) and every edit a small
+    `finish` imperfection, so true quality is continuous. Calibrated with the quickstart's
+    judges (pre-filter `qwen2.5-vl-72b`, validator `tuned-gemini-2.0-flash`) and thresholds:
+    every survival step within a few points of the reference run, about 12 % of the released
+    triplets truly defective (docs/simulator.md).
     """
 
     noop: float = Field(
-        0.06,
+        0.03,
         ge=0,
         le=1,
         description="nothing changes but the round-trip noise",
         json_schema_extra=affects_role(),
     )
     wrong_target: float = Field(
-        0.05,
+        0.09,
         ge=0,
         le=1,
         description="the change lands on another object, or a wrong value",
         json_schema_extra=affects_role(),
     )
     extra_change: float = Field(
-        0.08,
+        0.09,
         ge=0,
         le=1,
         description="the right change plus an unrequested recolour",
         json_schema_extra=affects_role(),
     )
     artefact: float = Field(
-        0.06,
+        0.09,
         ge=0,
         le=1,
         description="the right change plus an ugly blob",
         json_schema_extra=affects_role(),
     )
     noise: float = Field(
-        0.03,
+        0.015,
         ge=0,
         le=1,
         description="isolated speckles everywhere (half the time without the edit)",
         json_schema_extra=affects_role(),
     )
     color_drift: float = Field(
-        0.03,
+        0.045,
         ge=0,
         le=1,
         description="the right change plus a global colour shift",
         json_schema_extra=affects_role(),
     )
     partial: float = Field(
-        0.04,
+        0.09,
         ge=0,
         le=1,
         description="half done: faded, half recoloured, or one clause dropped",
+        json_schema_extra=affects_role(),
+    )
+    minor_share: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="share of flawed edits whose flaw is minor (a faint left-over shadow, a "
+        "small side change, a small blob, a slight drift): near-misses a careful rater scores "
+        "about 4.0-4.7",
+        json_schema_extra=affects_role(),
+    )
+    finish: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="mean small imperfection of every edit, in score points (a soft seam, a "
+        "slightly off texture); it keeps correct edits from all scoring a perfect 5",
         json_schema_extra=affects_role(),
     )
 
@@ -118,10 +136,11 @@ class SimEditorErrors(_Strict):
 class SimGeneratorErrors(_Strict):
     """Probability of each defect per generated source image, drawn independently.
 
-    With the default judge (defect_detection 0.85, yes_no_flip 0.05) about 55 % of sources
-    fail the plausibility gate (reference: 56 %); about 15 % of the sources that pass still
-    carry a defect, and missing objects among them make the phantom removals that only the
-    backward-consistency filter catches.
+    With the default gate (defect_detection 0.8, yes_no_flip 0.05) about 55 % of sources
+    fail the plausibility gate (reference: 56 %); some of the sources that pass still carry a
+    defect (the paper's audit found defects inherited from the source), and missing objects
+    among them make the phantom removals that only the backward-consistency filter catches.
+    `roughness` is not a defect: it is how far from perfectly pretty a source is.
     """
 
     missing_object: float = Field(
@@ -139,13 +158,21 @@ class SimGeneratorErrors(_Strict):
         json_schema_extra=affects_role(),
     )
     garbled_object: float = Field(
-        0.22, ge=0, le=1, description="one object is scrambled", json_schema_extra=affects_role()
+        0.26, ge=0, le=1, description="one object is scrambled", json_schema_extra=affects_role()
     )
     implausible: float = Field(
-        0.20,
+        0.26,
         ge=0,
         le=1,
         description="the world is drawn upside down",
+        json_schema_extra=affects_role(),
+    )
+    roughness: float = Field(
+        0.45,
+        ge=0,
+        le=1,
+        description="mean aesthetic roughness of a source, in score points: generated images "
+        "are not all equally pretty, and an edit keeps its source's roughness",
         json_schema_extra=affects_role(),
     )
 
@@ -190,9 +217,8 @@ class SimBackendConfig(ModelScaling):
     score_noise: float = Field(
         0.62,
         ge=0,
-        description="std-dev of the vision model's score noise; the mean absolute error "
-        "against the true score is about 0.8 x this (0.62 -> 0.50 like the fine-tuned "
-        "validator, 1.2 -> 0.96 like Qwen2.5-VL-72B)",
+        description="the plain judge (no `judge` profile): std-dev of its score noise; the "
+        "mean absolute error against the true score is about 0.8 x this",
         json_schema_extra=affects_role(),
     )
     item_noise_share: float = Field(
@@ -235,10 +261,23 @@ class SimBackendConfig(ModelScaling):
         json_schema_extra=affects_role(),
     )
     defect_detection: float = Field(
-        0.85,
+        0.8,
         ge=0,
         le=1,
         description="chance the vision model notices a source defect",
+        json_schema_extra=affects_role(),
+    )
+    judge: str | None = Field(
+        None,
+        description="a named judge profile (judges.PROFILES: tuned-gemini-2.0-flash, "
+        "qwen2.5-vl-72b, gemini-2.5-pro, gemini-2.0-flash) for the score and yes/no checks; "
+        "null: one plain Gaussian judge set by score_noise and the settings below",
+        json_schema_extra=affects_role(),
+    )
+    blind_spots: dict[str, float] | None = Field(
+        None,
+        description="flaw kind -> chance the judge reads an edit as if that flaw were absent; "
+        "replaces the profile's entries it names (needs judge)",
         json_schema_extra=affects_role(),
     )
     # sections: their own fields say what they change
@@ -246,3 +285,36 @@ class SimBackendConfig(ModelScaling):
     generator_errors: SimGeneratorErrors = Field(default_factory=SimGeneratorErrors)
     inversion_errors: SimInversionErrors = Field(default_factory=SimInversionErrors)
     faults: SimFaults = Field(default_factory=SimFaults)
+
+    @field_validator("judge")
+    @classmethod
+    def _known_judge(cls, value: str | None) -> str | None:
+        if value is not None:
+            from nhr.backends.sim.judges import profile
+
+            profile(value)  # a ValueError that lists the known profiles
+        return value
+
+    @field_validator("blind_spots")
+    @classmethod
+    def _known_flaws(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None:
+            from nhr.backends.sim.judges import FLAW_KINDS
+
+            for kind, chance in value.items():
+                if kind not in FLAW_KINDS:
+                    raise ValueError(f"unknown flaw kind {kind!r}; known: {', '.join(FLAW_KINDS)}")
+                if not 0 <= chance <= 1:
+                    raise ValueError(f"blind spot chance of {kind} must be within 0..1")
+        return value
+
+    def judge_profile(self):
+        """The judge profile of this model with its overrides, or None (the plain judge)."""
+        if self.judge is None:
+            return None
+        from nhr.backends.sim.judges import profile
+
+        base = profile(self.judge)
+        if not self.blind_spots:
+            return base
+        return base.model_copy(update={"blind_spots": base.blind_spots | self.blind_spots})

@@ -75,7 +75,7 @@ def edit_png(
     source = Scene.from_dict(meta["scene"])
     clauses = parse_instruction(instruction)
     outcome = draw_outcome(rnd.random(), errors) if clauses else "unparsed"
-    scene, effects = apply_edit(source, clauses, outcome, rnd)
+    scene, effects = apply_edit(source, clauses, outcome, rnd, errors)
     scene.perturb_seed = rnd.getrandbits(31)
     pixels = render(scene, width, height)
     record = {
@@ -100,21 +100,44 @@ def _edit_foreign(data: bytes, rnd: random.Random) -> bytes:
     )
 
 
+def draw_flaw_size(rnd: random.Random, errors: SimEditorErrors) -> float:
+    """How far one flaw goes, in (0, 1]: a minor one (a faint left-over shadow, a small
+    side change) with probability `minor_share`, else a plain one."""
+    if rnd.random() < errors.minor_share:
+        return round(rnd.uniform(0.03, 0.3), 3)
+    return round(rnd.uniform(0.3, 1.0), 3)
+
+
 def apply_edit(
-    source: Scene, clauses: list[Clause], outcome: str, rnd: random.Random
+    source: Scene,
+    clauses: list[Clause],
+    outcome: str,
+    rnd: random.Random,
+    errors: SimEditorErrors | None = None,
 ) -> tuple[Scene, list[dict[str, Any]]]:
     """The edited scene for one outcome, and a record of what was done."""
+    errors = errors or SimEditorErrors()
     scene = source.copy()
     scene.perturb_seed = None
+    scene.flaw_size = {}
     effects: list[dict[str, Any]] = []
     if outcome in ("noop", "unparsed"):
         return scene, [{"outcome": outcome}]
+    # every edit that does something leaves small imperfections (a soft seam, a slightly
+    # off texture): correct edits are not all a perfect 5 to a careful rater
+    if errors.finish > 0:
+        own = min(0.7, rnd.expovariate(1.0 / errors.finish))
+        scene.finish = round(source.finish + own, 3)
+    size = draw_flaw_size(rnd, errors) if outcome != "correct" else 1.0
+    if outcome != "correct":
+        scene.flaw_size[outcome] = size
     todo = list(clauses)
     partial_index: int | None = None
     if outcome == "partial":
         if len(todo) > 1:
             dropped = todo.pop(rnd.randrange(len(todo)))
             effects.append({"dropped": dropped.op})
+            scene.flaw_size[outcome] = size = 1.0  # a whole clause left undone is no near-miss
         else:
             partial_index = 0
     noise_only = outcome == "noise" and rnd.random() < 0.5
@@ -128,7 +151,7 @@ def apply_edit(
                 if outcome == "wrong_target" and index == 0
                 else "correct"
             )
-            effects.append(_apply(scene, clause, mode, rnd, touched))
+            effects.append(_apply(scene, clause, mode, rnd, touched, size))
     if outcome == "extra_change":
         effects.append(_extra_change(scene, clauses, touched, rnd))
     elif outcome == "artefact":
@@ -137,7 +160,7 @@ def apply_edit(
                 "kind": "blob",
                 "x": round(rnd.uniform(0.15, 0.85), 4),
                 "y": round(rnd.uniform(0.2, 0.85), 4),
-                "r": round(rnd.uniform(0.07, 0.11), 4),
+                "r": round(0.025 + 0.085 * size, 4),  # a small one is a minor inpainting flaw
                 "color": list(rnd.choice(_GARISH)),
                 "seed": rnd.getrandbits(31),
             }
@@ -147,7 +170,7 @@ def apply_edit(
         effects.append({"noise_only": noise_only})
     elif outcome == "color_drift":
         base = rnd.choice(((30, -12, -22), (-22, 8, 32), (18, 26, -24), (-26, -20, 14)))
-        scale = rnd.uniform(0.8, 1.1)
+        scale = 0.3 + 0.8 * size
         scene.drift = [int(round(v * scale)) for v in base]
     effects.append({"outcome": outcome})
     return scene, effects
@@ -174,9 +197,15 @@ def _remove(scene: Scene, obj: Obj) -> None:
 
 
 def _apply(
-    scene: Scene, clause: Clause, mode: str, rnd: random.Random, touched: set[int]
+    scene: Scene,
+    clause: Clause,
+    mode: str,
+    rnd: random.Random,
+    touched: set[int],
+    size: float = 1.0,
 ) -> dict[str, Any]:
-    """Carry out one clause: "correct", "partial" (half done) or "wrong" (wrong target)."""
+    """Carry out one clause: "correct", "partial" (part done; `size` says how much is left
+    undone) or "wrong" (wrong target)."""
     effect: dict[str, Any] = {"op": clause.op, "mode": mode}
     if clause.changes:
         old = {attr: getattr(scene, attr) for attr, _ in clause.changes}
@@ -185,7 +214,7 @@ def _apply(
                 value = _other(ATTR_VALUES[attr], rnd, value, old[attr])
             setattr(scene, attr, value)
         if mode == "partial":
-            scene.blend = {"attrs": old, "weight": 0.5}
+            scene.blend = {"attrs": old, "weight": round(0.15 + 0.5 * size, 3)}
         return effect
     ref = clause.ref
     assert ref is not None
@@ -203,7 +232,7 @@ def _apply(
             slot=ref.slot or (rnd.choice(free) if free else "center"),
             jx=round(rnd.uniform(-0.03, 0.03), 4),
             jy=round(rnd.uniform(-0.03, 0.03), 4),
-            fade=0.45 if mode == "partial" else 1.0,
+            fade=round(0.75 - 0.4 * size, 3) if mode == "partial" else 1.0,
         )
         scene.objects.append(obj)
         touched.add(obj.id)
@@ -233,7 +262,7 @@ def _apply(
         if wrong_value:  # nothing else to remove: the editor recolours the target instead
             target.color = _other(list(COLORS), rnd, target.color)
         elif mode == "partial":
-            target.fade = 0.35
+            target.fade = round(0.08 + 0.5 * size, 3)  # small: a faint left-over shadow
         else:
             _remove(scene, target)
     elif clause.op == "change_color":
@@ -249,7 +278,7 @@ def _apply(
             material = _other(MATERIALS, rnd, clause.value, target.material)
         target.material = material
         if mode == "partial":
-            target.mat_strength = 0.4
+            target.mat_strength = round(0.9 - 0.6 * size, 3)
     elif clause.op == "resize_object":
         size = new_size(target.size, clause.value)
         if wrong_value or size == target.size:
@@ -264,7 +293,12 @@ def _apply(
             slot = _other(scene.free_slots() or list(SLOTS), rnd, clause.value, target.slot)
         if mode == "partial":
             scene.objects.append(
-                dataclasses.replace(target, id=_fresh_id(scene, rnd), fade=0.35, ghost_of=target.id)
+                dataclasses.replace(
+                    target,
+                    id=_fresh_id(scene, rnd),
+                    fade=round(0.08 + 0.4 * size, 3),
+                    ghost_of=target.id,
+                )
             )
         target.slot = slot
         target.jx, target.jy = (

@@ -96,6 +96,8 @@ def add_defects(scene: Scene, rnd: random.Random, errors: SimGeneratorErrors) ->
         rnd.choice(originals).garbled = True
     if rnd.random() < errors.implausible:
         scene.implausible = True
+    if errors.roughness > 0:  # generated images are not all equally pretty
+        scene.finish = round(rnd.uniform(0.0, 2.0 * errors.roughness), 3)
 
 
 def generate_png(

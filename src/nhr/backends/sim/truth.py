@@ -29,6 +29,19 @@ CANDIDATE_ERRORS: tuple[str, ...] = (
     "color_drift",
     "extra_change",
 )
+# The defect kinds of the paper's human audit of released triplets, per error kind.
+AUDIT_KIND: dict[str, str] = {
+    "source_defect": "inherited from the source",
+    "phantom": "inherited from the source",
+    "partial": "difficult removal / incomplete edit",
+    "noop": "difficult removal / incomplete edit",
+    "wrong_target": "target-region error",
+    "extra_change": "target-region error",
+    "artefact": "minor inpainting",
+    "noise": "minor inpainting",
+    "color_drift": "minor inpainting",
+    "unparsed": "other",
+}
 _OBJECT_FIELDS = (
     "name",
     "color",
@@ -42,7 +55,6 @@ _OBJECT_FIELDS = (
     "blend_name",
     "garbled",
 )
-_STATE_VALUE = {"done": 1.0, "partial": 0.5, "missing": 0.0, "wrong": 0.0}
 
 
 @dataclass(frozen=True)
@@ -69,8 +81,37 @@ class Assessment:
     drift: bool = False  # the global colour balance changed
     phantom: bool = False  # some clause acts on an object that A does not contain
     source_defect: bool = False  # A is visibly defective where (or everywhere) the edit acts
-    adherence: float = 1.0
-    aesthetics: float = 5.0
+    # Score points each flaw kind takes off (kinds as in CANDIDATE_ERRORS, plus "finish", the
+    # small imperfections of any edit). Kept apart so a judge can miss one flaw and still see
+    # the others (its blind spots, see judges.py).
+    adherence_penalties: dict[str, float] = field(default_factory=dict)
+    aesthetics_penalties: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def adherence(self) -> float:
+        return self.scores()[0]
+
+    @property
+    def aesthetics(self) -> float:
+        return self.scores()[1]
+
+    def scores(self, unseen: frozenset[str] | set[str] = frozenset()) -> tuple[float, float]:
+        """(adherence, aesthetics) on the continuous 1-5 scale, as if the flaw kinds in
+        `unseen` were absent."""
+        return (
+            _from_penalties(self.adherence_penalties, unseen),
+            _from_penalties(self.aesthetics_penalties, unseen),
+        )
+
+    @property
+    def flaws(self) -> set[str]:
+        """Flaw kinds that take points off either score."""
+        return {
+            kind
+            for penalties in (self.adherence_penalties, self.aesthetics_penalties)
+            for kind, value in penalties.items()
+            if value > 0
+        }
 
     @property
     def error(self) -> str | None:
@@ -133,21 +174,56 @@ def _scene(png: bytes) -> Scene:
 # --- assessment ------------------------------------------------------------------------------
 
 
-def aesthetics(scene: Scene) -> float:
-    """5 minus penalties for what makes an image ugly or implausible."""
+def _from_penalties(penalties: dict[str, float], unseen: frozenset[str] | set[str]) -> float:
+    total = sum(value for kind, value in penalties.items() if kind not in unseen)
+    return round(max(1.0, min(5.0, 5.0 - total)), 3)
+
+
+def _size(scene: Scene, kind: str, other: Scene | None = None) -> float:
+    """How far a flaw of `kind` goes (see Scene.flaw_size); a flaw with no record counts as a
+    plain one. `other` is the scene at the other end of the pair: an inverse triplet meets the
+    forward edit's flaws from the other side."""
+    if kind in scene.flaw_size:
+        return scene.flaw_size[kind]
+    if other is not None and kind in other.flaw_size:
+        return other.flaw_size[kind]
+    return 1.0
+
+
+def aesthetic_penalties(scene: Scene, other: Scene | None = None) -> dict[str, float]:
+    """Score points each kind of ugliness in a scene takes off its aesthetics."""
     kinds = {m.get("kind") for m in scene.marks}
-    penalty = 0.0
-    penalty += 2.0 if "blob" in kinds else 0.0
-    penalty += 1.5 if "speckle" in kinds else 0.0
-    penalty += 0.5 if scene.drift else 0.0
-    penalty += 1.5 if scene.implausible else 0.0
-    penalty += 1.2 if any(o.garbled for o in scene.objects) else 0.0
+    penalties: dict[str, float] = {}
+
+    def add(kind: str, value: float) -> None:
+        if value > 0:
+            penalties[kind] = round(penalties.get(kind, 0.0) + value, 3)
+
+    if "blob" in kinds:
+        add("artefact", 0.4 + 1.6 * _size(scene, "artefact", other))
+    if "speckle" in kinds:
+        add("noise", 0.3 + 1.2 * _size(scene, "noise", other))
+    if scene.drift:
+        add("color_drift", 0.1 + 0.5 * _size(scene, "color_drift", other))
+    add("source_defect", 1.5 if scene.implausible else 0.0)
+    add("source_defect", 1.2 if any(o.garbled for o in scene.objects) else 0.0)
     half_done = scene.blend is not None or any(
         o.fade < 1 or o.tint or o.mat_strength < 1 or o.blend_name or o.ghost_of is not None
         for o in scene.objects
     )
-    penalty += 0.7 if half_done else 0.0
-    return max(1.0, 5.0 - penalty)
+    if half_done:
+        add("partial", 0.1 + 0.4 * _size(scene, "partial", other))
+    # the region of a botched edit is rarely pretty either (the messier the botch, the less)
+    for kind in ("wrong_target", "extra_change", "partial"):
+        if kind in scene.flaw_size:
+            add(kind, 0.4 * scene.flaw_size[kind])
+    add("finish", scene.finish)
+    return penalties
+
+
+def aesthetics(scene: Scene) -> float:
+    """5 minus penalties for what makes an image ugly or implausible."""
+    return _from_penalties(aesthetic_penalties(scene), frozenset())
 
 
 def assess(a: Scene, b: Scene, instruction: str) -> Assessment:
@@ -156,11 +232,12 @@ def assess(a: Scene, b: Scene, instruction: str) -> Assessment:
     facts = _facts(a, b)
     result = Assessment(parsed=bool(clauses))
     result.changed = bool(facts)
-    result.aesthetics = aesthetics(b)
+    result.aesthetics_penalties = aesthetic_penalties(b, a)
     result.new_marks = {f[1] for f in facts if f[0] == "mark+" and f[1] in ("blob", "speckle")}
     result.drift = ("drift",) in facts
+    adherence = result.adherence_penalties
     if not clauses:
-        result.adherence = 1.5
+        adherence["unparsed"] = 3.5
         return result
 
     explained: set[tuple[Any, ...]] = set()
@@ -182,18 +259,41 @@ def assess(a: Scene, b: Scene, instruction: str) -> Assessment:
             groups.add(fact)
     result.extras = len(groups)
 
-    fraction = sum(_STATE_VALUE[s] for s in result.states) / len(result.states)
-    if fraction == 0:
-        result.adherence = 1.5 if result.changed else 1.0
-    else:
-        score = 1.0 + 4.0 * fraction
-        if fraction < 1:
-            score = min(score, 3.5)  # anything asked for and not done caps the score
-        score -= 1.5 * min(result.extras, 2)
-        score -= 1.5 if result.drift else 0.0
-        score -= 0.5 if "blob" in result.new_marks else 0.0
-        score -= 0.5 if "speckle" in result.new_marks else 0.0
-        result.adherence = max(1.0, min(5.0, score))
+    # What was asked and not (fully) done: a missing or wrong clause costs its whole share of
+    # the scale, a partial one a share that grows with how much is left undone.
+    partial = 0.06 + 0.5 * _size(b, "partial", a)
+    deficit = {"done": 0.0, "partial": partial, "missing": 1.0, "wrong": 1.0}
+    shortfall = sum(deficit[s] for s in result.states) / len(result.states)
+    state_kind = (
+        "noop"
+        if not result.changed
+        else "wrong_target"
+        if "wrong" in result.states or ("missing" in result.states and result.extras)
+        else "partial"
+    )
+    if state_kind == "wrong_target":
+        # how far off the target the edit landed: a spill into the neighbouring region is a
+        # near-miss, a change of the wrong object altogether is not
+        adherence[state_kind] = round(min(3.5, 0.4 + 3.1 * _size(b, "wrong_target", a)), 3)
+        return result
+    if shortfall >= 1.0:
+        adherence[state_kind] = 4.0 if not result.changed else 3.5
+        return result
+    if shortfall > 0:
+        adherence[state_kind] = round(4.0 * shortfall, 3)
+        if "missing" in result.states:
+            adherence[state_kind] = max(adherence[state_kind], 1.5)  # a clause not done at all
+    if result.extras:
+        size = _size(b, "extra_change", a)
+        adherence["extra_change"] = round(min(result.extras, 2) * (0.5 + 1.0 * size), 3)
+    if result.drift:
+        adherence["color_drift"] = round(0.3 + 1.2 * _size(b, "color_drift", a), 3)
+    if "blob" in result.new_marks:
+        adherence["artefact"] = round(0.5 * _size(b, "artefact", a), 3)
+    if "speckle" in result.new_marks:
+        adherence["noise"] = round(0.5 * _size(b, "noise", a), 3)
+    if b.finish > a.finish:  # the edit's own imperfections, not the source's roughness
+        adherence["finish"] = round(0.5 * (b.finish - a.finish), 3)
     return result
 
 

@@ -12,11 +12,12 @@ import math
 import re
 
 from nhr.backends.base import BackendError, PermanentBackendError, VisionRequest
+from nhr.backends.sim import judges
 from nhr.backends.sim.config import SimBackendConfig
-from nhr.backends.sim.grammar import parse_prompt
+from nhr.backends.sim.grammar import parse_instruction, parse_prompt
 from nhr.backends.sim.render import read_meta
 from nhr.backends.sim.tasks import vision_task
-from nhr.backends.sim.truth import aesthetics, assess
+from nhr.backends.sim.truth import Assessment, aesthetic_penalties, aesthetics, assess
 from nhr.backends.sim.world import Scene, digest, rng, scene_defects, uniform
 
 _INSTRUCTION = re.compile(r"^\s*Instruction:\s*(.+?)\s*$", re.MULTILINE)
@@ -87,24 +88,62 @@ def answer(request: VisionRequest, config: SimBackendConfig) -> str | BackendErr
         return _yes_no(
             _gate(request.images[0], match.group(1) if match else "", key, config), key, config
         )
+    profile = config.judge_profile()
+    sample = key if request.temperature > 0 else None
     if task == "aesthetic":
         scene = _scene(request.images[-1])
-        value = aesthetics(scene) if scene else 3.0
-        return _yes_no(value >= 4.0, key, config)
+        if profile is None:
+            value = aesthetics(scene) if scene else 3.0
+            return _yes_no(value >= 4.0, key, config)
+        if scene is None:
+            return _profile_yes_no(False, profile, config, key, task)
+        alone = Assessment(parsed=True, aesthetics_penalties=aesthetic_penalties(scene))
+        image = hashlib.sha256(request.images[-1]).digest()
+        _, seen = judges.perceived_scores(profile, alone, config.model, image, sample)
+        return _profile_yes_no(seen >= profile.pleasing_threshold, profile, config, key, task)
 
     match = _INSTRUCTION.search(text)
     instruction = match.group(1) if match else ""
     before, after = _scene(request.images[0]), _scene(request.images[1])
+    pair = tuple(sorted(hashlib.sha256(image).digest() for image in request.images[:2]))
     if before is None or after is None:
         adherence, aesthetic = 2.5, 3.5  # no truth to read: an undecided judge
+        result = Assessment(
+            parsed=False,
+            adherence_penalties={"unparsed": 2.5},
+            aesthetics_penalties={"unparsed": 1.5},
+        )
     else:
         result = assess(before, after, instruction)
         adherence, aesthetic = result.adherence, result.aesthetics
+    if profile is not None:
+        pair_key = b"".join(pair)
+        direction = digest(request.images[0], request.images[1], instruction)
+        if task == "unwanted":
+            seen, _ = judges.perceived_scores(
+                profile, result, config.model, pair_key, sample, direction
+            )
+            clean = seen >= profile.unwanted_threshold
+            return _profile_yes_no(clean, profile, config, key, task)
+        operations = [clause.op for clause in parse_instruction(instruction)]
+        # the aesthetics error belongs to the edited image of the pair: the inverse triplet of
+        # an edit (edited -> source) is the same edit seen backwards
+        edited = request.images[0] if _generated(request.images[1]) else request.images[1]
+        image = hashlib.sha256(edited).digest()
+        picture = b"" if after is None else digest("picture", after.texture_seed)
+        readings = judges.read_scores(
+            profile, result, operations, config.model, pair_key, sample, direction, image, picture
+        )
+        return f'{{"InstructionAdherence": {readings[0]}, "ImageAesthetic": {readings[1]}}}'
     if task == "unwanted":
         return _yes_no(adherence >= 4.5, key, config)
-    pair = tuple(sorted(hashlib.sha256(image).digest() for image in request.images[:2]))
     observed_adh, observed_aes = observe_scores((adherence, aesthetic), config, pair, key)
     return f'{{"InstructionAdherence": {observed_adh}, "ImageAesthetic": {observed_aes}}}'
+
+
+def _generated(png: bytes) -> bool:
+    meta = read_meta(png)
+    return bool(meta) and meta.get("kind") == "generated"
 
 
 def _scene(png: bytes) -> Scene | None:
@@ -132,6 +171,13 @@ def _gate(png: bytes, prompt: str, key: bytes, config: SimBackendConfig) -> bool
         uniform("gate", config.model, key, index, defect) < config.defect_detection
         for index, defect in enumerate(defects)
     )
+
+
+def _profile_yes_no(
+    believed: bool, profile: judges.JudgeProfile, config: SimBackendConfig, key: bytes, task: str
+) -> str:
+    value = judges.read_yes_no(profile, believed, config.model, key, task)
+    return rng("form", config.model, key).choice(_YES if value else _NO)
 
 
 def _yes_no(value: bool, key: bytes, config: SimBackendConfig) -> str:

@@ -172,6 +172,11 @@ class Scene:
     drift: list[int] | None = None  # global colour shift added by a bad edit
     blend: dict[str, Any] | None = None  # half-done global change: {"attrs": {...}, "weight": w}
     perturb_seed: int | None = None  # the editor's small VAE-like round-trip noise
+    # How far this edit's flaws go, per editor error kind, in (0, 1]: a faint left-over
+    # shadow or a small side change is a near-miss, a glaring one is not (truth.assess scales
+    # each flaw's penalty by it; an absent kind counts as 1).
+    flaw_size: dict[str, float] = field(default_factory=dict)
+    finish: float = 0.0  # the editor's small imperfections of a correct edit (score points)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,218 @@
+"""A calibration population of simulated triplets, and how well a judge reads it.
+
+The NHR paper measured its judges on human-rated triplets with a deliberately broad quality
+mix (a bimodal validation set: many clearly good and many clearly bad edits). This module
+makes the simulator's equivalent: designed prompts, generated sources (defects and all, no
+gate), edits with a raised error rate, each labelled with its truth. `judge_metrics` then
+gives the figures of the paper's Table 1 / Table B.1 for a judge profile: MAE and Spearman
+rho per scale, and precision / recall / accuracy of the keep-rule "both scores >= T" against
+the positive label "both true scores > 4.0".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from string import Template
+
+import numpy as np
+
+from nhr.backends.base import ChatMessage, EditRequest, GenerateRequest, TextRequest
+from nhr.backends.sim.backend import SimBackend
+from nhr.backends.sim.config import SimBackendConfig, SimEditorErrors, SimGeneratorErrors
+from nhr.backends.sim.grammar import parse_instruction
+from nhr.backends.sim.judges import JudgeProfile, read_scores
+from nhr.backends.sim.llm import SUPPORTED_OPERATIONS
+from nhr.backends.sim.render import read_meta
+from nhr.backends.sim.truth import Assessment, assess
+from nhr.backends.sim.world import Scene, digest
+
+POSITIVE_ABOVE = 4.0  # the paper's positive label: both human scores > 4.0
+THRESHOLD = 4.7  # the paper's operating point
+
+# The paper's figures for each judge (arXiv 2507.14119: Table 1 / Table B.1 and section 4;
+# the project's notes give only adherence for the untuned judges), and how close the
+# simulated profile must come on the calibration population (docs/simulator.md).
+PAPER: dict[str, dict[str, float]] = {
+    "tuned-gemini-2.0-flash": {
+        "mae_instr": 0.50,
+        "mae_aes": 0.57,
+        "rho_instr": 0.82,
+        "rho_aes": 0.63,
+        "precision": 0.834,
+        "recall": 0.446,
+        "accuracy": 0.73,
+    },
+    "qwen2.5-vl-72b": {"mae_instr": 0.96, "rho_instr": 0.55},
+    "gemini-2.5-pro": {"mae_instr": 0.87, "rho_instr": 0.61},
+    "gemini-2.0-flash": {"mae_instr": 1.24, "rho_instr": 0.36, "precision": 0.47, "recall": 0.93},
+}
+TOLERANCE: dict[str, float] = {
+    "mae_instr": 0.08,
+    "mae_aes": 0.08,
+    "rho_instr": 0.08,
+    "rho_aes": 0.08,
+    "precision": 0.04,
+    "recall": 0.05,
+    "accuracy": 0.05,
+}
+
+# Many clearly bad and many good edits, as in a validation set sampled to span the range.
+CALIBRATION_EDITOR_ERRORS = SimEditorErrors(
+    noop=0.1,
+    wrong_target=0.15,
+    extra_change=0.06,
+    artefact=0.06,
+    noise=0.01,
+    color_drift=0.03,
+    partial=0.06,
+    minor_share=0.3,
+    finish=0.45,
+)
+# Sources as they come out of a plausibility gate: a few defects left.
+CALIBRATION_GENERATOR_ERRORS = SimGeneratorErrors(
+    missing_object=0.06,
+    duplicate_object=0.03,
+    garbled_object=0.05,
+    implausible=0.03,
+    roughness=0.45,  # sources from plain to rough: a broad aesthetics range too
+)
+OPERATIONS = SUPPORTED_OPERATIONS  # every operation the simulator's designer writes
+
+
+@dataclass(frozen=True)
+class Triplet:
+    """One simulated triplet as a judge meets it, with its truth."""
+
+    truth: Assessment
+    operations: tuple[str, ...]
+    pair: bytes  # digest of the two images, as the simulated judge keys its errors
+    image: bytes  # digest of the edited image
+    picture: bytes  # digest of the scene it was drawn from
+    error: str | None  # the ground-truth label (None: correct)
+
+    @property
+    def true_scores(self) -> tuple[float, float]:
+        return self.truth.scores()
+
+    @property
+    def positive(self) -> bool:
+        adherence, aesthetics = self.true_scores
+        return adherence > POSITIVE_ABOVE and aesthetics > POSITIVE_ABOVE
+
+
+def population(
+    count: int = 2000,
+    seed: int = 0,
+    editor_errors: SimEditorErrors = CALIBRATION_EDITOR_ERRORS,
+    seeds_per_edit: int = 2,
+) -> list[Triplet]:
+    """`count` triplets over every operation, sources rendered small (the judge reads the
+    scene graphs, not the pixels)."""
+    from nhr import taxonomy
+    from nhr.stages.base import template
+
+    world = SimBackend(
+        SimBackendConfig(
+            wrap_json=0.0,
+            editor_errors=editor_errors,
+            generator_errors=CALIBRATION_GENERATOR_ERRORS,
+        )
+    )
+    design = Template(template("design"))
+    triplets: list[Triplet] = []
+    round_ = 0
+    while len(triplets) < count:
+        for index, operation in enumerate(OPERATIONS):
+            text = design.substitute(
+                topic="everyday scenes",
+                styles="photo, flat illustration, pastel painting",
+                operation=operation,
+                guidance=taxonomy.get(operation).guidance,
+                batch_size=6,
+            )
+            request = TextRequest(
+                (ChatMessage("user", text),), seed=seed * 1000 + round_ * 50 + index
+            )
+            [answer] = world.chat([request])
+            for number, item in enumerate(json.loads(answer)):
+                generate = GenerateRequest(item["prompt"], 512, 512, seed + number + 7 * round_)
+                [source] = world.generate([generate])
+                for edit in item["edits"]:
+                    instruction = edit["instruction"]
+                    for attempt in range(seeds_per_edit):
+                        [edited] = world.edit([EditRequest(source, instruction, attempt)])
+                        triplets.append(triplet(source, edited, instruction))
+        round_ += 1
+    return triplets[:count]
+
+
+def triplet(source: bytes, edited: bytes, instruction: str) -> Triplet:
+    before = Scene.from_dict(read_meta(source)["scene"])
+    after = Scene.from_dict(read_meta(edited)["scene"])
+    truth = assess(before, after, instruction)
+    pair = b"".join(sorted(hashlib.sha256(image).digest() for image in (source, edited)))
+    operations = tuple(clause.op for clause in parse_instruction(instruction))
+    image = hashlib.sha256(edited).digest()
+    picture = digest("picture", after.texture_seed)
+    return Triplet(truth, operations, pair, image, picture, truth.error)
+
+
+def readings(
+    judge: JudgeProfile, triplets: list[Triplet], name: str, sample: int | None = None
+) -> np.ndarray:
+    """(n, 2) judge readings; `sample` numbers a sampled request (None: temperature 0)."""
+    key = None if sample is None else str(sample).encode()
+    return np.array(
+        [
+            read_scores(
+                judge,
+                t.truth,
+                list(t.operations),
+                name,
+                t.pair,
+                None if key is None else key + t.pair,
+                t.pair,
+                t.image,
+                t.picture,
+            )
+            for t in triplets
+        ]
+    )
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def judge_metrics(
+    judge: JudgeProfile, triplets: list[Triplet], name: str, threshold: float = THRESHOLD
+) -> dict[str, float]:
+    """The paper's validator figures for one judge on a population."""
+    truth = np.array([t.true_scores for t in triplets])
+    seen = readings(judge, triplets, name)
+    positive = np.array([t.positive for t in triplets])
+    kept = (seen >= threshold - 1e-9).all(axis=1)
+    true_positive = np.sum(kept & positive)
+    return {
+        "mae_instr": float(np.abs(seen[:, 0] - truth[:, 0]).mean()),
+        "mae_aes": float(np.abs(seen[:, 1] - truth[:, 1]).mean()),
+        "rho_instr": spearman(seen[:, 0], truth[:, 0]),
+        "rho_aes": spearman(seen[:, 1], truth[:, 1]),
+        "precision": float(true_positive / kept.sum()) if kept.any() else float("nan"),
+        "recall": float(true_positive / positive.sum()) if positive.any() else float("nan"),
+        "accuracy": float(np.mean(kept == positive)),
+        "positives": float(positive.mean()),
+    }
+
+
+def misses(name: str, metrics: dict[str, float]) -> list[str]:
+    """The paper's figures a profile's metrics miss by more than the tolerance."""
+    return [
+        f"{key} {metrics[key]:.3f} (paper {target:.3f} +- {TOLERANCE[key]})"
+        for key, target in PAPER[name].items()
+        if abs(metrics[key] - target) > TOLERANCE[key]
+    ]

@@ -1,0 +1,364 @@
+"""How a simulated vision-language judge errs, and the named profiles of real judges.
+
+A judge sees two images and an instruction; the simulator knows what truly changed
+(`truth.Assessment`: continuous scores and the flaws behind them). A `JudgeProfile` turns
+that truth into the judge's reading, failing the way real judges fail (docs/simulator.md):
+
+- blind spots: per flaw kind, a chance that the judge reads the edit as if that flaw were
+  absent (a faint left-over shadow, a small side change, an inherited source defect...);
+- halo: a pretty edit that misses the instruction reads higher on adherence;
+- bias (leniency) apart from noise width, and noise that is larger for mid-quality items than
+  for top ones, scaled per operation (judges are better at some categories than others);
+- favourite values: a judge answers some numbers more often than others (a judge fine-tuned on
+  rater means learned the values such means take), which shapes the survival curve S(T);
+- shared failures: part of every error, blind spots included, is a property of the image pair
+  common to all judges, so a pre-filter and a validator tend to be fooled by the same items;
+- sampling: at temperature 0 a judge gives the same answer to the same request; when sampled,
+  `sample_share` of its own error variance (and of its blind-spot draws) is drawn afresh per
+  request, so K samples are partly independent. A second judge profile shares only the
+  `shared` part of the error with the first.
+- yes/no checks with separate false-yes and false-no rates.
+
+Everything is keyed by content digests, so answers are deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nhr.backends.sim.truth import Assessment
+from nhr.backends.sim.world import rng
+
+_NORMAL = NormalDist()
+FLAW_KINDS: tuple[str, ...] = (
+    "partial",
+    "extra_change",
+    "wrong_target",
+    "source_defect",
+    "artefact",
+    "noise",
+    "color_drift",
+    "noop",
+)
+
+
+class JudgeProfile(BaseModel):
+    """The error model of one judge. Score points are on the 1-5 scale."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    noise_adherence: float = Field(0.5, ge=0, description="noise std-dev for a top item")
+    noise_aesthetics: float = Field(0.5, ge=0, description="noise std-dev for a top item")
+    mid_noise_gain: float = Field(
+        0.0, ge=0, description="extra noise at a true score of 3, as a share of the top noise"
+    )
+    bias_adherence: float = Field(0.0, description="added to every adherence reading")
+    bias_aesthetics: float = Field(0.0, description="added to every aesthetics reading")
+    noise_correlation: float = Field(
+        0.5, ge=0, le=1, description="correlation of the adherence and aesthetics noise"
+    )
+    halo: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of (aesthetics - adherence), when positive, added to adherence",
+    )
+    blind_spots: dict[str, float] = Field(
+        default_factory=dict,
+        description="flaw kind -> chance the judge reads the edit as if that flaw were absent",
+    )
+    category_noise: dict[str, float] = Field(
+        default_factory=dict, description="operation -> multiplier of the noise (default 1)"
+    )
+    shared: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the error (noise and blind spots) common to all judges per pair",
+    )
+    pair_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of the judge's own error common to both directions of an image "
+        "pair (a forward triplet and its inverse); the rest belongs to the request's content",
+    )
+    picture_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the judge's own aesthetics error that belongs to the picture "
+        "(common to a source and all its edits); the rest belongs to the edited image",
+    )
+    sample_share: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="share of the judge's own error drawn afresh per sampled request",
+    )
+    favourite_scores: tuple[float, ...] = Field(
+        (), description="values the judge answers more often than others"
+    )
+    favourite_share: float = Field(
+        0.0, ge=0, le=1, description="chance a reading near a favourite value snaps to it"
+    )
+    favourite_radius: float = Field(0.3, ge=0, description="how near is near (score points)")
+    unwanted_threshold: float = Field(
+        4.3, ge=1, le=5, description="yes/no 'no unwanted changes': yes when adherence seems >= it"
+    )
+    pleasing_threshold: float = Field(
+        4.0, ge=1, le=5, description="yes/no 'pleasing': yes when aesthetics seem >= it"
+    )
+    false_yes: float = Field(0.05, ge=0, le=1, description="chance a 'no' it believes reads yes")
+    false_no: float = Field(0.05, ge=0, le=1, description="chance a 'yes' it believes reads no")
+
+
+def _profiles() -> dict[str, JudgeProfile]:
+    """The named profiles, calibrated with benchmarks/judge_realism.py against the rows of the
+    NHR paper (arXiv 2507.14119, Table 1 / Table B.1) on a calibration population of simulated
+    triplets with a broad quality mix; targets and tolerances in docs/simulator.md."""
+    common_blind = {
+        "partial": 0.4,
+        "extra_change": 0.15,
+        "wrong_target": 0.15,
+        "source_defect": 0.45,
+        "artefact": 0.4,
+        "noise": 0.05,
+        "color_drift": 0.1,
+    }
+    categories = {
+        "remove_object": 0.85,
+        "add_object": 0.9,
+        "style_transfer": 1.3,
+        "change_weather": 1.15,
+        "time_of_day": 1.1,
+        "change_season": 1.15,
+        "move_object": 1.2,
+        "resize_object": 1.25,
+    }
+    return {
+        "tuned-gemini-2.0-flash": JudgeProfile(
+            noise_adherence=0.15,
+            noise_aesthetics=0.66,
+            mid_noise_gain=0.03,
+            bias_adherence=0.03,
+            bias_aesthetics=0.3,
+            noise_correlation=0.0,
+            halo=0.68,
+            blind_spots={
+                "partial": 0.25,
+                "extra_change": 0.1,
+                "wrong_target": 0.08,
+                "source_defect": 0.15,
+                "artefact": 0.35,
+                "noise": 0.02,
+                "color_drift": 0.1,
+            },
+            category_noise=categories,
+            shared=0.4,
+            favourite_scores=(4.0, 4.4, 4.8),
+            favourite_share=0.6,
+            favourite_radius=0.2,
+            false_yes=0.1,
+            false_no=0.1,
+        ),
+        "qwen2.5-vl-72b": JudgeProfile(
+            noise_adherence=0.35,
+            noise_aesthetics=0.98,
+            mid_noise_gain=0.08,
+            bias_adherence=1.0,
+            bias_aesthetics=0.09,
+            noise_correlation=0.5,
+            halo=0.74,
+            blind_spots={k: round(min(1.0, v * 1.55), 3) for k, v in common_blind.items()},
+            category_noise=categories,
+            shared=0.4,
+            unwanted_threshold=4.0,
+            pleasing_threshold=3.4,
+            false_yes=0.12,
+            false_no=0.2,
+        ),
+        "gemini-2.5-pro": JudgeProfile(
+            noise_adherence=0.35,
+            noise_aesthetics=0.82,
+            mid_noise_gain=0.0,
+            bias_adherence=1.0,
+            bias_aesthetics=0.23,
+            noise_correlation=0.5,
+            halo=0.7,
+            blind_spots={k: round(min(1.0, v * 0.46), 3) for k, v in common_blind.items()},
+            category_noise=categories,
+            shared=0.4,
+            favourite_scores=(3.0, 4.0, 4.5, 5.0),
+            favourite_share=0.49,
+            false_yes=0.1,
+            false_no=0.12,
+        ),
+        "gemini-2.0-flash": JudgeProfile(
+            noise_adherence=0.35,
+            noise_aesthetics=0.39,
+            mid_noise_gain=0.04,
+            bias_adherence=1.68,
+            bias_aesthetics=0.98,
+            noise_correlation=0.6,
+            halo=0.61,
+            blind_spots={k: round(min(1.0, v * 2.9), 3) for k, v in common_blind.items()},
+            category_noise=categories,
+            shared=0.4,
+            favourite_scores=(4.0, 5.0),
+            favourite_share=0.19,
+            false_yes=0.3,
+            false_no=0.05,
+        ),
+    }
+
+
+PROFILES: dict[str, JudgeProfile] = _profiles()
+
+
+def profile(name: str) -> JudgeProfile:
+    """The named profile; a ValueError naming the known ones otherwise."""
+    if name not in PROFILES:
+        known = ", ".join(sorted(PROFILES))
+        raise ValueError(f"unknown judge profile {name!r}; known profiles: {known}")
+    return PROFILES[name]
+
+
+# --- readings -----------------------------------------------------------------------------
+
+
+def _mixed(judge: JudgeProfile, shared: float, own: float, fresh: float | None) -> float:
+    """One standard normal error: the pair's shared part, the judge's own stable opinion, and,
+    when sampled, a part drawn per request."""
+    if fresh is not None:
+        s = judge.sample_share
+        own = math.sqrt(1.0 - s) * own + math.sqrt(s) * fresh
+    return math.sqrt(judge.shared) * shared + math.sqrt(1.0 - judge.shared) * own
+
+
+def unseen_flaws(
+    judge: JudgeProfile,
+    truth: Assessment,
+    name: str,
+    pair: bytes,
+    sample: bytes | None,
+    direction: bytes = b"",
+) -> frozenset[str]:
+    """The flaw kinds this judge misses on this pair (its blind spots), seen from
+    `direction` (see read_scores)."""
+    unseen = set()
+    share = judge.pair_share
+    for kind in sorted(truth.flaws):
+        chance = judge.blind_spots.get(kind, 0.0)
+        if chance <= 0:
+            continue
+        shared = rng("blind-shared", pair, kind).gauss(0.0, 1.0)
+        own = math.sqrt(share) * rng("blind-own", name, pair, kind).gauss(0.0, 1.0) + math.sqrt(
+            1.0 - share
+        ) * rng("blind-direction", name, pair, direction, kind).gauss(0.0, 1.0)
+        fresh = rng("blind-sample", name, sample, kind).gauss(0.0, 1.0) if sample else None
+        if _NORMAL.cdf(_mixed(judge, shared, own, fresh)) < chance:
+            unseen.add(kind)
+    return frozenset(unseen)
+
+
+def perceived_scores(
+    judge: JudgeProfile,
+    truth: Assessment,
+    name: str,
+    pair: bytes,
+    sample: bytes | None,
+    direction: bytes = b"",
+) -> tuple[float, float]:
+    """The scores the judge would give without noise: blind spots and halo applied."""
+    unseen = unseen_flaws(judge, truth, name, pair, sample, direction)
+    adherence, aesthetics = truth.scores(unseen)
+    adherence += judge.halo * max(0.0, aesthetics - adherence)
+    return adherence, aesthetics
+
+
+def read_scores(
+    judge: JudgeProfile,
+    truth: Assessment,
+    operations: list[str],
+    name: str,
+    pair: bytes,
+    sample: bytes | None = None,
+    direction: bytes = b"",
+    image: bytes = b"",
+    picture: bytes = b"",
+) -> tuple[float, float]:
+    """The judge's (adherence, aesthetics) for one triplet, each with one decimal.
+
+    `name` tells judges apart (the model name), `pair` is a digest of the two images (a
+    forward triplet and its inverse share it), `sample` a digest of the request when it is
+    sampled (temperature > 0), None otherwise; `direction` a digest of the request's content
+    (ordered images and instruction), which tells a forward triplet from its inverse; `image`
+    a digest of the edited image and `picture` one of the scene it was drawn from (a source and
+    its edits share it), which key the aesthetics error (default: the pair).
+    """
+    perceived = perceived_scores(judge, truth, name, pair, sample, direction)
+    scale = 1.0
+    if operations:
+        scale = sum(judge.category_noise.get(op, 1.0) for op in operations) / len(operations)
+    # Adherence: the judge's opinion of this edit of this pair (mostly shared with the inverse
+    # triplet of the same two images).
+    common = rng("judge-own", name, pair).gauss(0.0, 1.0)
+    this_way = rng("judge-direction", name, pair, direction).gauss(0.0, 1.0)
+    share = judge.pair_share
+    adherence_error = _mixed(
+        judge,
+        rng("judge-shared", pair).gauss(0.0, 1.0),
+        math.sqrt(share) * common + math.sqrt(1.0 - share) * this_way,
+        rng("judge-sample", name, sample).gauss(0.0, 1.0) if sample else None,
+    )
+    # Aesthetics: the judge's opinion of the edited image itself, whatever triplet it is in (a
+    # forward, its inverse and a composite ending in that image are seen alike), optionally
+    # partly of the picture all edits of one source share (`picture_share`); correlated with
+    # the adherence error at `noise_correlation`.
+    image = image or pair
+    picture = picture or image
+    alike = judge.picture_share
+    own_image = math.sqrt(alike) * rng("judge-own-picture", name, picture).gauss(
+        0.0, 1.0
+    ) + math.sqrt(1.0 - alike) * rng("judge-own-image", name, image).gauss(0.0, 1.0)
+    image_error = _mixed(
+        judge,
+        rng("judge-shared-picture", picture).gauss(0.0, 1.0),
+        own_image,
+        rng("judge-sample-image", name, sample).gauss(0.0, 1.0) if sample else None,
+    )
+    rho = judge.noise_correlation
+    errors = (adherence_error, rho * adherence_error + math.sqrt(1.0 - rho**2) * image_error)
+    snaps = (
+        rng("judge-favourite", name, pair, direction, sample).random(),
+        rng("judge-favourite-image", name, image, sample).random(),
+    )
+    readings = []
+    biases = (judge.bias_adherence, judge.bias_aesthetics)
+    widths = (judge.noise_adherence, judge.noise_aesthetics)
+    for value, bias, width, error, snap in zip(perceived, biases, widths, errors, snaps):
+        mid = 1.0 + judge.mid_noise_gain * max(0.0, 1.0 - abs(value - 3.0) / 2.0)
+        reading = min(5.0, max(1.0, value + bias + width * scale * mid * error))
+        readings.append(_favour(judge, reading, snap))
+    return readings[0], readings[1]
+
+
+def _favour(judge: JudgeProfile, reading: float, u: float) -> float:
+    if judge.favourite_scores and u < judge.favourite_share:
+        nearest = min(judge.favourite_scores, key=lambda v: abs(v - reading))
+        if abs(nearest - reading) <= judge.favourite_radius + 1e-9:
+            return nearest
+    return round(reading, 1)
+
+
+def read_yes_no(judge: JudgeProfile, believed: bool, name: str, key: bytes, task: str) -> bool:
+    """A yes/no answer: what the judge believes, turned over at its false-yes or false-no
+    rate (drawn per request)."""
+    u = rng("judge-yes-no", name, task, key).random()
+    if believed:
+        return u >= judge.false_no
+    return u < judge.false_yes

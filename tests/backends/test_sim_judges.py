@@ -1,0 +1,223 @@
+"""The simulated judges fail the way real judges fail: each property measured, each able to fail.
+
+The judge model (nhr.backends.sim.judges) is tested on synthetic truths, so every property is
+isolated; the named profiles and the human raters on a small calibration population.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from nhr.backends.sim import calibration, judges, raters
+from nhr.backends.sim.config import SimBackendConfig
+from nhr.backends.sim.judges import JudgeProfile, read_scores, read_yes_no, unseen_flaws
+from nhr.backends.sim.truth import Assessment
+from nhr.backends.sim.world import digest
+
+PLAIN = JudgeProfile(noise_adherence=0.0, noise_aesthetics=0.0, sample_share=0.0)
+
+
+def truth(adherence: dict[str, float], aesthetics: dict[str, float] | None = None) -> Assessment:
+    return Assessment(
+        parsed=True, adherence_penalties=adherence, aesthetics_penalties=aesthetics or {}
+    )
+
+
+def pairs(count: int, tag: str = "pair") -> list[bytes]:
+    return [digest(tag, i) for i in range(count)]
+
+
+def errors(judge: JudgeProfile, item: Assessment, name: str = "judge", count: int = 3000):
+    readings = np.array([read_scores(judge, item, [], name, p) for p in pairs(count)])
+    return readings - np.array(item.scores())
+
+
+# --- truth ------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def population() -> list[calibration.Triplet]:
+    return calibration.population(900, seed=3)
+
+
+def test_true_quality_is_continuous_with_a_real_share_of_near_misses():
+    low = np.array([min(t.true_scores) for t in population()])
+    assert len(np.unique(low.round(2))) > 100  # not a few fixed values
+    near = np.mean((low >= 4.0) & (low < 4.7))
+    assert near >= 0.2
+    wrong_near = [t for t, v in zip(population(), low) if t.error and 4.0 <= v < 4.7]
+    assert len({t.error for t in wrong_near}) >= 4  # near-misses of many kinds of flaw
+
+
+# --- the judge model --------------------------------------------------------------------------
+
+
+def test_a_blind_spot_hides_its_flaw_kind_at_its_rate_and_no_other():
+    item = truth({"partial": 1.0, "extra_change": 1.2})
+    judge = PLAIN.model_copy(update={"blind_spots": {"partial": 0.3}})
+    hidden = [unseen_flaws(judge, item, "j", p, None) for p in pairs(4000)]
+    share = np.mean([h == {"partial"} for h in hidden])
+    assert 0.27 <= share <= 0.33
+    assert not any("extra_change" in h for h in hidden)
+    readings = {read_scores(judge, item, [], "j", p)[0] for p in pairs(200)}
+    assert readings == {2.8, 3.8}  # as if the partial edit were complete, or seen in full
+    assert not any(unseen_flaws(PLAIN, item, "j", p, None) for p in pairs(500))
+
+
+def test_errors_are_larger_for_mid_quality_items_than_for_top_ones():
+    judge = JudgeProfile(noise_adherence=0.3, noise_aesthetics=0.3, mid_noise_gain=1.0)
+    top = np.abs(errors(judge, truth({"finish": 0.1}, {"finish": 0.1}))).mean()
+    mid = np.abs(errors(judge, truth({"partial": 2.0}, {"artefact": 2.0}))).mean()
+    assert mid > 1.6 * top
+    flat = judge.model_copy(update={"mid_noise_gain": 0.0})
+    mid_flat = np.abs(errors(flat, truth({"partial": 2.0}, {"artefact": 2.0}))).mean()
+    assert mid_flat < 1.2 * np.abs(errors(flat, truth({"partial": 1.0}))).mean() + 0.05
+
+
+def test_bias_is_separate_from_noise_width():
+    item = truth({"partial": 1.5}, {"artefact": 1.5})  # mid-scale: no clipping
+    lenient = PLAIN.model_copy(update={"bias_adherence": 0.8, "bias_aesthetics": 0.3})
+    shift = errors(lenient, item)
+    assert np.allclose(shift[:, 0], 0.8, atol=0.051) and np.allclose(shift[:, 1], 0.3, atol=0.051)
+    noisy = JudgeProfile(noise_adherence=0.5, noise_aesthetics=0.5)
+    spread = errors(noisy, item)
+    assert abs(spread.mean(axis=0)).max() < 0.05 and spread.std(axis=0).min() > 0.4
+
+
+def test_yes_no_checks_have_separate_false_yes_and_false_no_rates():
+    judge = PLAIN.model_copy(update={"false_yes": 0.3, "false_no": 0.05})
+    keys = pairs(4000, "request")
+    false_yes = np.mean([read_yes_no(judge, False, "j", k, "unwanted") for k in keys])
+    false_no = np.mean([not read_yes_no(judge, True, "j", k, "unwanted") for k in keys])
+    assert 0.27 <= false_yes <= 0.33 and 0.035 <= false_no <= 0.065
+
+
+def test_halo_lifts_adherence_of_pretty_but_wrong_edits_only():
+    wrong_but_pretty = truth({"wrong_target": 2.5})
+    halo = PLAIN.model_copy(update={"halo": 0.4})
+    assert read_scores(halo, wrong_but_pretty, [], "j", b"p")[0] == pytest.approx(3.5)
+    assert read_scores(PLAIN, wrong_but_pretty, [], "j", b"p")[0] == pytest.approx(2.5)
+    ugly = truth({"partial": 1.0}, {"artefact": 2.0})  # aesthetics below adherence: no lift
+    assert read_scores(halo, ugly, [], "j", b"p") == read_scores(PLAIN, ugly, [], "j", b"p")
+
+
+def test_judge_quality_differs_by_operation():
+    judge = JudgeProfile(
+        noise_adherence=0.4,
+        noise_aesthetics=0.4,
+        category_noise={"style_transfer": 1.6, "remove_object": 0.7},
+    )
+    item = truth({"partial": 1.0}, {"artefact": 1.0})
+
+    def mae(operation: str) -> float:
+        readings = [read_scores(judge, item, [operation], "j", p)[0] for p in pairs(2000)]
+        return float(np.mean(np.abs(np.array(readings) - 4.0)))
+
+    assert mae("style_transfer") > 1.8 * mae("remove_object")
+
+
+def test_two_judges_share_failures_within_a_true_score_group():
+    item = truth({"partial": 1.2}, {"artefact": 1.0})
+
+    def correlation(shared: float) -> float:
+        a = JudgeProfile(noise_adherence=0.5, shared=shared)
+        b = JudgeProfile(noise_adherence=0.9, shared=shared, bias_adherence=0.2)
+        return float(np.corrcoef(errors(a, item, "pre")[:, 0], errors(b, item, "val")[:, 0])[0, 1])
+
+    assert correlation(0.5) > 0.4
+    assert abs(correlation(0.0)) < 0.08
+
+    blind = {"partial": 0.3}
+    a = PLAIN.model_copy(update={"blind_spots": blind, "shared": 0.6})
+    b = PLAIN.model_copy(update={"blind_spots": blind, "shared": 0.6})
+    both = np.array(
+        [
+            (
+                bool(unseen_flaws(a, item, "pre", p, None)),
+                bool(unseen_flaws(b, item, "val", p, None)),
+            )
+            for p in pairs(3000)
+        ]
+    )
+    missed_by_pre = both[:, 0]
+    assert both[missed_by_pre, 1].mean() > 1.5 * both[~missed_by_pre, 1].mean()
+
+
+def test_sampling_gives_partly_independent_answers_and_temperature_zero_does_not():
+    judge = JudgeProfile(noise_adherence=0.5, noise_aesthetics=0.5, sample_share=0.4)
+    item = truth({"partial": 1.2}, {"artefact": 1.0})
+    p = b"one pair"
+    assert read_scores(judge, item, [], "j", p) == read_scores(judge, item, [], "j", p)
+    first = np.array([read_scores(judge, item, [], "j", q, b"s1" + q)[0] for q in pairs(2000)])
+    second = np.array([read_scores(judge, item, [], "j", q, b"s2" + q)[0] for q in pairs(2000)])
+    r = np.corrcoef(first, second)[0, 1]
+    assert 0.45 < r < 0.8  # the shared and stable part remains; the sampled part is fresh
+    mean_of_two = (first + second) / 2
+    assert np.abs(mean_of_two - 3.8).mean() < np.abs(first - 3.8).mean()
+
+
+def test_unknown_judge_profile_is_a_config_error_naming_the_known_ones():
+    with pytest.raises(ValidationError) as caught:
+        SimBackendConfig(judge="gpt-judge")
+    for name in judges.PROFILES:
+        assert name in str(caught.value)
+    with pytest.raises(ValidationError):
+        SimBackendConfig(judge="qwen2.5-vl-72b", blind_spots={"typo": 0.1})
+    config = SimBackendConfig(judge="qwen2.5-vl-72b", blind_spots={"partial": 0.9})
+    profile = config.judge_profile()
+    assert profile.blind_spots["partial"] == 0.9
+    assert (
+        profile.blind_spots["extra_change"]
+        == judges.PROFILES["qwen2.5-vl-72b"].blind_spots["extra_change"]
+    )
+
+
+# --- the named profiles and the raters ---------------------------------------------------------
+
+
+def test_tuned_profile_is_close_to_the_papers_validator():
+    name = "tuned-gemini-2.0-flash"
+    metrics = calibration.judge_metrics(judges.PROFILES[name], population(), name)
+    loose = {key: 1.5 * value for key, value in calibration.TOLERANCE.items()}  # small sample
+    for key, target in calibration.PAPER[name].items():
+        assert abs(metrics[key] - target) <= loose[key], (key, metrics[key])
+
+
+def test_profiles_rank_like_the_papers_judges():
+    mae = {
+        name: calibration.judge_metrics(judge, population(), name)["mae_instr"]
+        for name, judge in judges.PROFILES.items()
+    }
+    order = ["tuned-gemini-2.0-flash", "gemini-2.5-pro", "qwen2.5-vl-72b", "gemini-2.0-flash"]
+    assert sorted(mae, key=mae.get) == order
+    vanilla = calibration.judge_metrics(
+        judges.PROFILES["gemini-2.0-flash"], population(), "gemini-2.0-flash"
+    )
+    assert vanilla["recall"] > 0.85 and vanilla["precision"] < 0.55  # lenient
+
+
+def test_raters_agree_like_the_papers_and_bias_correction_beats_the_plain_mean():
+    true = np.array([t.true_scores for t in population()])
+    agreement, plain, corrected = [], [], []
+    for seed in range(3):
+        ratings = raters.rate(true, raters.RaterPool(), seed=seed)
+        agreement.append(raters.agreement(ratings))
+        plain.append(np.abs(raters.plain_labels(ratings, len(true)) - true).mean(axis=0))
+        corrected.append(np.abs(raters.corrected_labels(ratings, len(true)) - true).mean(axis=0))
+    instruction, aesthetics = np.mean(agreement, axis=0)
+    assert abs(instruction - 0.64) <= 0.06 and abs(aesthetics - 0.41) <= 0.06
+    assert (np.mean(corrected, axis=0) < np.mean(plain, axis=0)).all()
+    # the correction removes what it should: with no rater bias it gains nothing
+    unbiased = raters.RaterPool(bias_sd=(0.0, 0.0))
+    ratings = raters.rate(true, unbiased, seed=0)
+    gain = (
+        np.abs(raters.plain_labels(ratings, len(true)) - true).mean()
+        - np.abs(raters.corrected_labels(ratings, len(true)) - true).mean()
+    )
+    assert abs(gain) < 0.01
+    assert statistics.mean(len(set(ratings.rater[ratings.item == i])) for i in range(50)) >= 2
