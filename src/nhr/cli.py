@@ -66,14 +66,227 @@ def _build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("config")
     doctor.add_argument("--offline", action="store_true", help="skip the server checks")
 
-    export = commands.add_parser("export", help="write RUN/dataset again from the stage tables")
+    export = commands.add_parser(
+        "export",
+        help="write RUN/dataset again from the stage tables, or with --format a dataset for a "
+        "trainer (docs/exports.md)",
+    )
     export.add_argument("run_dir")
+    export.add_argument(
+        "--format",
+        metavar="F",
+        help="hf, webdataset, ip2p, kontext-lora, qwen-edit-lora or preference (written to "
+        "--output); without it RUN/dataset is written again",
+    )
+    export.add_argument("--output", metavar="DIR", help="folder or URL (default RUN/exports/F)")
+    export.add_argument(
+        "--split-test",
+        type=float,
+        default=0.02,
+        metavar="SHARE",
+        help="share of source images in the test split (default 0.02)",
+    )
+    export.add_argument("--mini", type=int, metavar="N", help="a balanced subset of N rows")
+    export.add_argument("--seed", type=int, default=0, help="seed of the split and --mini")
+    export.add_argument("--push-to-hub", metavar="REPO", help="--format hf: upload to the Hub")
 
     verify = commands.add_parser(
         "verify", help="check every table, image and the dataset of a run (exit 1 on damage)"
     )
     verify.add_argument("run_dir")
+
+    label = commands.add_parser(
+        "label",
+        help="rate a stratified sample of a run: a local rating page, simulated raters, or "
+        "Label Studio tasks (labels go to RUN/labels/)",
+    )
+    label.add_argument("run_dir")
+    label.add_argument("--sample", type=int, default=100, help="triplets to rate (default 100)")
+    label.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    label.add_argument("--port", type=int, help="port of the rating page (default: a free one)")
+    label.add_argument(
+        "--simulate-raters",
+        type=int,
+        metavar="R",
+        help="simulator runs: R simulated raters per triplet instead of the page",
+    )
+    label.add_argument(
+        "--to-label-studio", metavar="DIR", help="write the sample as Label Studio tasks to DIR"
+    )
+    label.add_argument(
+        "--image-url-prefix",
+        metavar="URL",
+        help="with --to-label-studio: where Label Studio finds DIR/images/ (default: its "
+        "local-files URL)",
+    )
+    label.add_argument(
+        "--from-label-studio",
+        metavar="EXPORT",
+        help="import Label Studio's JSON export into RUN/labels/label-studio.parquet",
+    )
+
+    tuning = commands.add_parser(
+        "export-tuning", help="rated triplets as validator tuning data (train/validation)"
+    )
+    tuning.add_argument("labels", help="labels file, folder of them, or a rated run directory")
+    tuning.add_argument("--format", required=True, choices=("vertex-gemini", "openai", "trl"))
+    tuning.add_argument("--output", required=True, metavar="DIR")
+    tuning.add_argument("--run", help="the run the labelled candidates come from")
+    tuning.add_argument(
+        "--validation-share", type=float, default=0.2, help="held-out share (default 0.2)"
+    )
+    tuning.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    tuning.add_argument(
+        "--image-uri-prefix",
+        metavar="URI",
+        help="vertex-gemini: the gs:// folder DIR will be uploaded to",
+    )
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="how good is a judge: MAE, Spearman, precision/recall vs ratings, per-category "
+        "thresholds (report folder)",
+    )
+    calibrate.add_argument("labels", help="labels file, folder of them, or a rated run directory")
+    calibrate.add_argument(
+        "--run", help="the run whose stored validator/pre-filter scores to judge"
+    )
+    calibrate.add_argument(
+        "--judge",
+        action="append",
+        default=[],
+        metavar="CONFIG",
+        help="re-score the labelled items with this config's model (repeatable)",
+    )
+    calibrate.add_argument("--role", default="validator", help="model role of --judge configs")
+    calibrate.add_argument(
+        "--output",
+        metavar="DIR",
+        help="report folder (default: RUN/calibration, else ./calibration)",
+    )
+    calibrate.add_argument("--target-precision", type=float, default=0.9)
+    calibrate.add_argument(
+        "--positive-above",
+        type=float,
+        default=4.0,
+        help="positive: both true scores above this (default 4.0, the paper's)",
+    )
+    calibrate.add_argument(
+        "--min-kept",
+        type=int,
+        default=25,
+        help="fewest kept labelled items a category threshold is measured on (default 25)",
+    )
+    calibrate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds")
+    calibrate.add_argument("--seed", type=int, default=0)
+
+    score = commands.add_parser(
+        "score", help="a judge scores a random sample of editing datasets (means, pass rate, CIs)"
+    )
+    score.add_argument(
+        "datasets", nargs="+", help="Parquet, imagefolder, WebDataset .tar or hub id"
+    )
+    score.add_argument(
+        "--judge", required=True, metavar="CONFIG", help="config with the judge model"
+    )
+    score.add_argument("--role", default="validator")
+    score.add_argument("--sample", type=int, default=500, help="triplets per dataset (default 500)")
+    score.add_argument(
+        "--columns", metavar="MAP", help="source=COL,edited=COL,instruction=COL (default: guessed)"
+    )
+    score.add_argument("--output", metavar="DIR", help="write scores.json and scores.png here")
+    score.add_argument("--seed", type=int, default=0)
+    score.add_argument(
+        "--max-pixels", type=int, default=40_000_000, help="larger images are rejected"
+    )
+    score.add_argument("--bootstrap", type=int, default=2000, help="bootstrap rounds")
+
+    bench = commands.add_parser(
+        "bench",
+        help="score an editor on GEdit-Bench or ImgEdit-Bench (resumable), or compare two",
+    )
+    bench.add_argument("benchmark", nargs="?", choices=["gedit", "imgedit"])
+    bench.add_argument("--editor", metavar="CONFIG", help="config whose models.editor is benched")
+    bench.add_argument("--judge", metavar="CONFIG", help="config whose models.validator judges")
+    bench.add_argument("--data", metavar="PATH", help="local copy of the benchmark")
+    bench.add_argument("--seeds", type=int, default=3, help="editor seeds (default 3)")
+    bench.add_argument("--language", default="en", help="instruction language (GEdit: en, cn)")
+    bench.add_argument(
+        "--output", metavar="DIR", help="state, bench.json and tables (default bench/BENCH-MODEL)"
+    )
+    bench.add_argument(
+        "--compare", nargs=2, metavar=("A", "B"), help="two bench output folders side by side"
+    )
+    bench.add_argument("--bootstrap", type=int, default=2000, help="--compare: bootstrap rounds")
+    bench.add_argument("--seed", type=int, default=0, help="--compare: bootstrap seed")
+
+    train = commands.add_parser("train", help="fine-tune an editor on a run's mined triplets")
+    trainers = train.add_subparsers(dest="trainer", required=True, metavar="KIND")
+    lora = trainers.add_parser(
+        "lora", help="a LoRA for FLUX.1 Kontext or Qwen-Image-Edit (diffusers + peft)"
+    )
+    lora.add_argument("--base", required=True, metavar="MODEL", help="hub id or local folder")
+    lora.add_argument(
+        "--data", required=True, metavar="RUN", help="finished run directory or `hf` export"
+    )
+    lora.add_argument("--output", required=True, metavar="DIR", help="local output folder")
+    lora.add_argument("--steps", type=int, default=1000)
+    lora.add_argument("--rank", type=int, default=16)
+    lora.add_argument("--lr", type=float, default=1e-4)
+    lora.add_argument("--batch-size", type=int, default=1, help="per GPU")
+    lora.add_argument("--resolution", type=int, default=512, metavar="PX", help="square size")
+    lora.add_argument(
+        "--validate-every", type=int, default=0, metavar="N", help="validation grid every N steps"
+    )
+    lora.add_argument("--validation-count", type=int, default=4, metavar="N")
+    lora.add_argument("--validation-steps", type=int, default=28, metavar="N")
+    lora.add_argument("--checkpoint-every", type=int, default=250, metavar="N")
+    lora.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    lora.add_argument("--seed", type=int, default=0)
+    lora.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="bf16")
+    lora.add_argument("--no-gradient-checkpointing", action="store_true")
+    lora.add_argument("--guidance", type=float, default=1.0, help="Kontext guidance embedding")
+    lora.add_argument("--max-sequence-length", type=int, metavar="N")
+    lora.add_argument("--warmup-steps", type=int, default=0)
+    lora.add_argument("--cpu", action="store_true", help="train on the CPU (tests)")
     return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from nhr.train import TrainError, TrainOptions, train_lora
+
+    options = TrainOptions(
+        base=args.base,
+        data=args.data,
+        output=args.output,
+        steps=args.steps,
+        rank=args.rank,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        resolution=args.resolution,
+        validate_every=args.validate_every,
+        validation_count=args.validation_count,
+        validation_steps=args.validation_steps,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=not args.no_gradient_checkpointing,
+        guidance=args.guidance,
+        max_sequence_length=args.max_sequence_length,
+        warmup_steps=args.warmup_steps,
+        device="cpu" if args.cpu else None,
+        progress=True,
+    )
+    try:
+        summary = train_lora(options)
+    except TrainError as error:
+        raise _UsageError(str(error)) from error
+    if summary:  # the main process of a multi-GPU launch
+        print(f"trained {summary['steps']} steps; final loss {summary['losses'][-1]:.5f}")
+        print(f"adapter: {summary['adapter']}; use it in an editor config as:")
+        print(f"  loras:\n    - path: {args.output}")
+    return 0
 
 
 def _mine(args: argparse.Namespace) -> int:
@@ -161,6 +374,12 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.format is not None:
+        return _export_format(args)
+    options = {"--output": args.output, "--mini": args.mini, "--push-to-hub": args.push_to_hub}
+    given = [flag for flag, value in options.items() if value is not None]
+    if given:
+        raise _UsageError(f"{given[0]} needs --format (hf, webdataset, ip2p, ...)")
     from nhr.config import parse_config
     from nhr.executors.local import LocalExecutor
     from nhr.lock import run_lock
@@ -181,12 +400,190 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_format(args: argparse.Namespace) -> int:
+    from nhr.exports import ExportError, export_run
+
+    try:
+        summary = export_run(
+            args.run_dir,
+            args.format,
+            output=args.output,
+            split_test=args.split_test,
+            mini=args.mini,
+            seed=args.seed,
+            hub_repo=args.push_to_hub,
+        )
+    except ExportError as error:
+        raise _UsageError(str(error)) from None
+    rows = ", ".join(f"{count} {split}" for split, count in summary["rows"].items() if count)
+    print(f"exported {rows or 'no'} rows as {args.format} to {summary['output']}")
+    if args.push_to_hub:
+        print(f"pushed to the Hub dataset {args.push_to_hub}")
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from nhr.verify import render_verify
 
     text, status = render_verify(_existing_run(args.run_dir).root)
     print(text)
     return status
+
+
+def _label(args: argparse.Namespace) -> int:
+    from nhr.label_sample import NotASimulatorRun, run_sample, write_simulated
+    from nhr.labels import LabelsError
+
+    store = _existing_run(args.run_dir)
+    try:
+        if args.from_label_studio:
+            from nhr.label_studio import import_export
+            from nhr.labels import LABELS_FOLDER, write_labels
+
+            with open(args.from_label_studio, "rb") as handle:
+                rows = import_export(handle.read(), args.from_label_studio)
+            key = f"{LABELS_FOLDER}/label-studio.parquet"
+            write_labels(store.storage, key, rows)
+            print(f"imported {len(rows)} ratings into {store.where(key)}")
+            return 0
+        if args.sample < 1:
+            raise _UsageError("--sample must be at least 1")
+        if args.simulate_raters is not None:
+            if args.simulate_raters < 1:
+                raise _UsageError("--simulate-raters must be at least 1")
+            where, items, rows = write_simulated(
+                store, args.sample, args.simulate_raters, args.seed
+            )
+            print(f"{args.simulate_raters} simulated raters rated {items} triplets: {where}")
+            return 0
+        sample = run_sample(store, args.sample, args.seed)
+        if not sample:
+            raise _UsageError(f"{store.where()} has no edited candidate to rate yet")
+        if args.to_label_studio:
+            from nhr.label_studio import export_tasks
+
+            where, count = export_tasks(store, sample, args.to_label_studio, args.image_url_prefix)
+            print(f"{count} Label Studio tasks, labeling-config.xml and images/ in {where}")
+            return 0
+        from nhr.label_server import serve
+
+        serve(store, sample, args.port)
+        return 0
+    except (LabelsError, NotASimulatorRun) as error:
+        raise _UsageError(str(error)) from None
+
+
+def _export_tuning(args: argparse.Namespace) -> int:
+    from nhr.labels import LabelsError
+    from nhr.tuning_export import TuningExportError, export_tuning
+
+    if not 0.0 <= args.validation_share < 1.0:
+        raise _UsageError("--validation-share must be from 0 to below 1")
+    try:
+        summary = export_tuning(
+            args.labels,
+            args.output,
+            args.format,
+            run=args.run,
+            validation_share=args.validation_share,
+            seed=args.seed,
+            image_uri_prefix=args.image_uri_prefix,
+        )
+    except (LabelsError, TuningExportError) as error:
+        raise _UsageError(str(error)) from None
+    print(
+        f"{summary['format']}: {summary['train']} train and {summary['validation']} validation "
+        "examples:"
+    )
+    for name in summary["files"]:
+        print(f"  {name}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from nhr import calibrate as cal
+    from nhr.labels import LabelsError, read_labels
+    from nhr.storage import open_storage
+
+    if not args.run and not args.judge:
+        raise _UsageError("give --run RUN (its stored scores) or --judge CONFIG (or both)")
+    try:
+        rows = read_labels(args.labels)
+    except LabelsError as error:
+        raise _UsageError(str(error)) from None
+    items = {row["item"] for row in rows}
+    store = _existing_run(args.run) if args.run else None
+    judges, operations = cal.run_judges(store, items) if store is not None else ([], {})
+    for config in args.judge:
+        judges.append(cal.rescored_judge(config, args.role, rows, store))
+    if not judges:
+        raise _UsageError("no judge scored any labelled item (are the labels from this run?)")
+    report = cal.calibrate(
+        rows,
+        judges,
+        cal.item_categories(rows, operations),
+        positive_above=args.positive_above,
+        target_precision=args.target_precision,
+        min_kept=args.min_kept,
+        rounds=args.bootstrap,
+        seed=args.seed,
+    )
+    default = _inside(store.root, "calibration") if store is not None else "calibration"
+    storage = open_storage(args.output or default)
+    written = cal.write_report(storage, report)
+    print(f"calibration of {len(judges)} judge(s) on {report['items']} items: {storage.where('')}")
+    agreement = report["raters"]["agreement"]
+    print(
+        f"  raters: {report['raters']['raters']}, agreement (Spearman) instruction "
+        f"{cal._fmt(agreement['instruction']['spearman'])} aesthetics "
+        f"{cal._fmt(agreement['aesthetics']['spearman'])}"
+    )
+    for name, figures in report["judges"].items():
+        if "at_threshold" not in figures:
+            print(f"  {name}: too few scored items ({figures['n']})")
+            continue
+        t = figures["at_threshold"]
+        print(
+            f"  {name}: n {figures['n']}  MAE {cal._fmt(figures['instruction']['mae'])} / "
+            f"{cal._fmt(figures['aesthetics']['mae'])}  rho "
+            f"{cal._fmt(figures['instruction']['spearman'])} / "
+            f"{cal._fmt(figures['aesthetics']['spearman'])}  precision "
+            f"{cal._fmt(t['precision'], t['precision_ci'])}  recall "
+            f"{cal._fmt(t['recall'], t['recall_ci'])}"
+        )
+    print("  files: " + ", ".join(written))
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    import json
+
+    from nhr.score import parse_columns, plot_png, render_table, score_datasets
+    from nhr.storage import open_storage
+
+    if args.sample < 1:
+        raise _UsageError("--sample must be at least 1")
+    try:
+        columns = parse_columns(args.columns)
+        report = score_datasets(
+            args.datasets,
+            args.judge,
+            args.role,
+            args.sample,
+            columns,
+            args.seed,
+            args.max_pixels,
+            args.bootstrap,
+        )
+    except ValueError as error:
+        raise _UsageError(str(error)) from None
+    print(render_table(report))
+    if args.output:
+        storage = open_storage(args.output)
+        storage.write_bytes("scores.json", json.dumps(report, indent=2).encode("utf-8"))
+        storage.write_bytes("scores.png", plot_png(report))
+        print(f"scores.json and scores.png in {storage.where('')}")
+    return 0
 
 
 def _existing_run(run_dir: str):
@@ -241,6 +638,63 @@ def _os_error_message(error: OSError) -> str | None:
     return f"{where}{error.strerror or error} — {advice}"
 
 
+def _bench(args: argparse.Namespace) -> int:
+    if args.compare:
+        from nhr.bench.compare import compare, render
+
+        result = compare(*args.compare, rounds=args.bootstrap, seed=args.seed)
+        text = render(result)
+        print(text)
+        if args.output:
+            from nhr.store import RunStore
+
+            store = RunStore(args.output)
+            store.write_json("compare.json", result)
+            store.write_bytes("compare.md", text.encode("utf-8"))
+        return 0
+    missing = [f"--{n}" for n in ("editor", "judge", "data") if not getattr(args, n)]
+    if not args.benchmark or missing:
+        needed = ([] if args.benchmark else ["a benchmark (gedit or imgedit)"]) + missing
+        raise _UsageError(f"nhr bench needs {', '.join(needed)}; or --compare A B")
+    from nhr.bench import benchmark_module
+    from nhr.bench.runner import render_tables, run_bench, stderr_progress
+    from nhr.config import load_config
+
+    editor, judge = load_config(args.editor), load_config(args.judge)
+    output = args.output or f"bench/{args.benchmark}-{editor.models.editor.model}"
+    module = benchmark_module(args.benchmark)
+    try:
+        bench = run_bench(
+            module,
+            editor,
+            judge,
+            args.data,
+            output,
+            seeds=args.seeds,
+            language=args.language,
+            progress=stderr_progress,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise _UsageError(str(error)) from None
+    print(file=sys.stderr)
+    import json
+
+    from nhr.store import RunStore
+
+    run = json.loads(RunStore(output).storage.read_bytes("run.json"))
+    print(render_tables(module, bench, run))
+    print(f"bench.json and tables.md in {output}")
+    scored = [m["overall"]["mean"] for m in bench["metrics"].values()]
+    if all(value is None for value in scored):
+        print(
+            "nhr: no edit could be judged (see the failures above): is the judge able to "
+            "answer this benchmark's prompts?",
+            file=sys.stderr,
+        )
+        return EXIT_NOTHING_MINED
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(
@@ -254,6 +708,12 @@ def main(argv: list[str] | None = None) -> int:
         "doctor": _doctor,
         "export": _export,
         "verify": _verify,
+        "label": _label,
+        "export-tuning": _export_tuning,
+        "calibrate": _calibrate,
+        "score": _score,
+        "train": _train,
+        "bench": _bench,
     }
     import signal
     import threading

@@ -365,10 +365,94 @@ class PrefilterSection(_Section):
     batch_size: int = _batch_size(8)
 
 
+class CategoryThresholds(_Section):
+    """The keep-rule pair of one category (`validate.thresholds.<operation>`)."""
+
+    adherence: float = Field(json_schema_extra=affects("validate"))
+    aesthetics: float = Field(json_schema_extra=affects("validate"))
+
+
+class JudgeOutput(_Section):
+    """How the validator is asked and how its answer is read: the prompt, the parser and the
+    scale its scores are on (the thresholds are on that scale). The default is the paper's
+    prompt, {"InstructionAdherence", "ImageAesthetic"} on 1-5. Used by validate, backward and
+    the compose re-validation alike."""
+
+    prompt: str = Field(
+        "score",
+        description="a prompt template of nhr by name (score), or the prompt text itself "
+        "with $instruction where the instruction goes",
+        json_schema_extra=affects("validate"),
+    )
+    parser: Literal["scores", "viescore"] = Field(
+        "scores",
+        description="scores: {InstructionAdherence, ImageAesthetic}; viescore: "
+        '{"score": [success, overediting, naturalness, artifacts]} read as adherence = '
+        "min(success, overediting), aesthetics = min(naturalness, artifacts)",
+        json_schema_extra=affects("validate"),
+    )
+    low: float | None = Field(
+        1.0, description="lowest score (null: unbounded)", json_schema_extra=affects("validate")
+    )
+    high: float | None = Field(
+        5.0, description="highest score (null: unbounded)", json_schema_extra=affects("validate")
+    )
+    max_tokens: int = Field(
+        64,
+        ge=1,
+        description="answer length (more for prompts that ask for reasoning)",
+        json_schema_extra=affects("validate"),
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> JudgeOutput:
+        if self.low is not None and self.high is not None and self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
 class ValidateSection(_Section):
-    adherence_threshold: float = Field(4.7, ge=1, le=5, json_schema_extra=affects("validate"))
-    aesthetics_threshold: float = Field(4.7, ge=1, le=5, json_schema_extra=affects("validate"))
+    # on the judge's scale (validate.judge; 1-5 by default)
+    adherence_threshold: float = Field(4.7, json_schema_extra=affects("validate"))
+    aesthetics_threshold: float = Field(4.7, json_schema_extra=affects("validate"))
+    thresholds: dict[str, CategoryThresholds] = Field(
+        default_factory=dict,
+        description="per operation (brief.operations keys): its own threshold pair; other "
+        "operations and composites use the global pair. `nhr calibrate --target-precision` "
+        "writes this mapping",
+        json_schema_extra=affects("validate"),
+    )
+    judge: JudgeOutput = Field(default_factory=JudgeOutput)
     batch_size: int = _batch_size(8)
+
+    @model_validator(mode="after")
+    def _thresholds_on_scale(self) -> ValidateSection:
+        pairs = {"": (self.adherence_threshold, self.aesthetics_threshold)}
+        for operation, pair in self.thresholds.items():
+            pairs[f"thresholds.{operation}."] = (pair.adherence, pair.aesthetics)
+        low, high = self.judge.low, self.judge.high
+        for prefix, values in pairs.items():
+            for name, value in zip(("adherence", "aesthetics"), values):
+                if (low is not None and value < low) or (high is not None and value > high):
+                    key = f"{prefix}{name}" if prefix else f"{name}_threshold"
+                    raise ValueError(
+                        f"validate.{key} {value} is outside the judge's scale "
+                        f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+                    )
+        unknown = [key for key in self.thresholds if key not in taxonomy.OPERATIONS]
+        if unknown:
+            raise ValueError(
+                f"thresholds for unknown operation(s) {', '.join(unknown)}; use operation keys "
+                "such as remove_object"
+            )
+        return self
+
+    def pair(self, operation: str | None) -> tuple[float, float]:
+        """The (adherence, aesthetics) thresholds for an operation: its own, else the global."""
+        own = self.thresholds.get(operation) if operation else None
+        if own is not None:
+            return own.adherence, own.aesthetics
+        return self.adherence_threshold, self.aesthetics_threshold
 
 
 class InvertSection(_Section):

@@ -338,7 +338,9 @@ class RunStore:
 
     def done_shards(self, stage: str) -> list[int]:
         names = self.storage.names(self.stage_folder(stage))
-        return sorted(int(n[6:11]) for n in names if n.startswith("shard-") and n.endswith(".done.json"))
+        return sorted(
+            int(n[6:11]) for n in names if n.startswith("shard-") and n.endswith(".done.json")
+        )
 
     def has_any_output(self, stage: str) -> bool:
         return any(n.endswith(".json") for n in self.storage.names(self.stage_folder(stage)))

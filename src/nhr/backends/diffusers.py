@@ -7,7 +7,10 @@ goes through the pipeline in one call, with one seeded CPU `torch.Generator` per
 row's noise depends only on its seed. Outputs come back as PNG bytes of exactly the requested
 size (generate) or of the input image's size (edit), resized with Lanczos if the pipeline
 rounded the size. NaN, blank and safety-blacked outputs become per-item errors; an exception
-during a group is retried item by item once, and what still fails becomes an item error.
+during a group is retried item by item once, and what still fails becomes an item error. A
+call that runs out of GPU memory is split in halves instead, and later groups of that size
+start at the halved batch size; a single item that still runs out of memory becomes a
+(transient) item error, and the run goes on.
 
 A model that cannot load raises `BackendSetupError` (the run stops with its message); an
 editor asked to generate, or the reverse, answers every item with ``unsupported``.
@@ -202,6 +205,9 @@ class DiffusersBackend:
         self.config = config
         self._pipeline: Any = None
         self._pipeline_name: str | None = config.pipeline
+        # Output size -> the largest batch tried at once, lowered when a call of that size runs
+        # out of memory (by a half each time), so that later calls do not fail the same way.
+        self.batch_limits: dict[tuple[int, int], int] = {}
         # Loading, and calling (a pipeline's scheduler keeps per-call state), one at a time.
         self._lock = threading.RLock()
 
@@ -360,21 +366,40 @@ class DiffusersBackend:
         self, items: list[tuple[str, Image.Image | None, int]], size: tuple[int, int]
     ) -> list[bytes | BackendError]:
         """Same-size items (prompt, input image or None, seed): one call per group (or per
-        item where the family needs it); a failed call is retried item by item once."""
+        item where the family needs it), in batches of at most `batch_limits[size]`. A call
+        that runs out of memory is split in halves (and the limit lowered); one that fails
+        otherwise is retried item by item once."""
         if self.pipeline_name() in ONE_REQUEST_PER_CALL:
             return [result for item in items for result in self._call_or_error([item], size)]
+        limit = self.batch_limits.get(size, len(items))
+        if len(items) > limit:
+            return [
+                result
+                for start in range(0, len(items), limit)
+                for result in self._run_group(items[start : start + limit], size)
+            ]
         try:
             return self._call(items, size)
         except Exception as error:
+            self._free_memory(error)
             if len(items) == 1:
                 return [_exception_error(error)]
+            if _is_out_of_memory(error):
+                self.batch_limits[size] = (len(items) + 1) // 2
+                log.warning(
+                    "diffusers batch of %d at %dx%d ran out of memory; batches of this size "
+                    "run %d at a time from now on",
+                    len(items),
+                    *size,
+                    self.batch_limits[size],
+                )
+                return self._run_group(items, size)
             log.warning(
                 "diffusers batch of %d failed (%s: %s); retrying item by item",
                 len(items),
                 type(error).__name__,
                 error,
             )
-            self._free_memory(error)
             return [result for item in items for result in self._call_or_error([item], size)]
 
     def _call_or_error(

@@ -33,10 +33,12 @@ the request's seed, so a sampled answer does not depend on its batch mates. `max
 min(request.max_tokens, config.max_new_tokens); a batch generates up to its largest limit and
 each answer is cut to its own. Only the new tokens are decoded, without special tokens.
 
-Errors. If a batch raises, its requests are retried one by one, and a request that still fails
-becomes a `TransientBackendError("exception", "out of memory ...")` for an out-of-memory error
-or a `PermanentBackendError(<exception type>, ...)` otherwise; an unreadable image fails only
-its own request. Loading problems (missing packages, a bad model id) are raised for the call.
+Errors. If a batch runs out of memory, it is split in halves and later calls run batches of at
+most that size (`batch_limit`); if it raises anything else, its requests are retried one by
+one. A request that still fails becomes a `TransientBackendError("exception", "out of memory
+...")` for an out-of-memory error or a `PermanentBackendError(<exception type>, ...)`
+otherwise; an unreadable image fails only its own request. Loading problems (missing packages,
+a bad model id) are raised for the call.
 """
 
 from __future__ import annotations
@@ -95,12 +97,17 @@ def decode_image(data: bytes, max_pixels: int) -> Any:
     return fit_image(rgb, max_pixels)
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is torch's (CUDA) OutOfMemoryError or says it ran out of memory."""
+    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
+
+
 def item_error(error: Exception) -> BackendError:
     """What a request that raised `error` returns."""
     if isinstance(error, BackendError):
         return error
     text = str(error)
-    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
+    if is_out_of_memory(error):
         return TransientBackendError("exception", f"out of memory: {text[:300]}")
     return PermanentBackendError(type(error).__name__, text[:500])
 
@@ -248,6 +255,9 @@ class TransformersBackend:
         self._text: _Loaded | None = None
         self._vision: _Loaded | None = None
         self._counters = {"input_tokens": 0.0, "output_tokens": 0.0}
+        # The largest batch generated at once; lowered (by a half each time) when a batch runs
+        # out of memory, so that later calls do not fail the same way. None: no limit.
+        self.batch_limit: int | None = None
 
     # -- protocol ---------------------------------------------------------------------------
 
@@ -333,8 +343,26 @@ class TransformersBackend:
             item if isinstance(item, BackendError) else None for item in prepared
         ]
         todo = [i for i, item in enumerate(prepared) if not isinstance(item, BackendError)]
+        self._answer_batches(loaded, prepared, todo, results)
+        return results  # type: ignore[return-value]
+
+    def _answer_batches(
+        self,
+        loaded: _Loaded,
+        prepared: list[_Prepared | BackendError],
+        todo: list[int],
+        results: list[str | BackendError | None],
+    ) -> None:
+        """Answer `prepared[i]` for i in `todo` into `results`, in batches of at most
+        `batch_limit`: a batch that runs out of memory is split in halves (and the limit
+        lowered), one that fails otherwise is retried one by one."""
         if not todo:
-            return results  # type: ignore[return-value]
+            return
+        limit = self.batch_limit or len(todo)
+        if len(todo) > limit:
+            for start in range(0, len(todo), limit):
+                self._answer_batches(loaded, prepared, todo[start : start + limit], results)
+            return
         try:
             for index, text in zip(todo, self._generate(loaded, [prepared[i] for i in todo])):
                 results[index] = text
@@ -343,7 +371,10 @@ class TransformersBackend:
                 "transformers batch of %d failed (%s: %s)", len(todo), type(error).__name__, error
             )
             self._free_memory()
-            if len(todo) == 1:
+            if len(todo) > 1 and is_out_of_memory(error):
+                self.batch_limit = (len(todo) + 1) // 2  # out of memory: halve the batches
+                self._answer_batches(loaded, prepared, todo, results)
+            elif len(todo) == 1:
                 results[todo[0]] = item_error(error)
             else:
                 for index in todo:  # one by one, so one bad request fails alone
@@ -352,7 +383,6 @@ class TransformersBackend:
                     except Exception as single_error:
                         self._free_memory()
                         results[index] = item_error(single_error)
-        return results  # type: ignore[return-value]
 
     def _generate(self, loaded: _Loaded, batch: list[_Prepared]) -> list[str]:
         import torch

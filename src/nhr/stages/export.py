@@ -121,24 +121,29 @@ def shard_rows(store: RunStore, shard: int, release: str) -> list[dict[str, Any]
     return rows
 
 
-def _with_image_bytes(store: RunStore, row: dict[str, Any]) -> dict[str, Any]:
-    """The row with its images embedded. `images.get` checks each image's bytes against its
-    name and each PNG's structure and checksums are checked, so no truncated or damaged image
-    is ever released (`nhr verify` also decodes every pixel; too slow to do here at 1 MP)."""
+def checked_image(store: RunStore, digest: str) -> bytes:
+    """An image's bytes for release: `images.get` checks them against the image's name, and a
+    PNG's structure and chunk checksums are checked here, so no truncated or damaged image is
+    ever released (`nhr verify` also decodes every pixel; too slow to do here at 1 MP)."""
     from nhr.verify import decode_problem
 
+    data = store.images.get(digest)
+    problem = decode_problem(data, full=False)
+    if problem is not None:
+        raise DamagedImageError(
+            store.images.where(digest),
+            f"image does not decode ({problem})",
+            "delete it and run `nhr mine` again to redo the shard that made it",
+        )
+    return data
+
+
+def _with_image_bytes(store: RunStore, row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its images embedded, each checked (`checked_image`)."""
     row = dict(row)
     for column in ("source_image", "edited_image"):
         digest = row[column]
-        data = store.images.get(digest)
-        problem = decode_problem(data, full=False)
-        if problem is not None:
-            raise DamagedImageError(
-                store.images.where(digest),
-                f"image does not decode ({problem})",
-                "delete it and run `nhr mine` again to redo the shard that made it",
-            )
-        row[column] = {"bytes": data, "path": f"{digest}.png"}
+        row[column] = {"bytes": checked_image(store, digest), "path": f"{digest}.png"}
     return row
 
 
@@ -161,9 +166,10 @@ def write_dataset(
         for index in range(file_count):
             name = f"data/train-{index:05d}-of-{file_count:05d}.parquet"
             chunk = itertools.islice(rows, rows_per_file)
-            with folder.open_write(name) as handle, pq.ParquetWriter(
-                handle, DATASET_SCHEMA
-            ) as writer:
+            with (
+                folder.open_write(name) as handle,
+                pq.ParquetWriter(handle, DATASET_SCHEMA) as writer,
+            ):
                 # Row groups of a few dozen rows keep memory flat with 1 MP images.
                 while group := list(itertools.islice(chunk, ROW_GROUP)):
                     for row in group:

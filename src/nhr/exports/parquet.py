@@ -1,0 +1,160 @@
+"""Parquet exports read with Hugging Face `datasets`: `hf` (the run's dataset layout) and `ip2p`
+(the columns of diffusers' InstructPix2Pix training script).
+
+    OUT/data/train-00000-of-00002.parquet   images embedded as {bytes, path}
+    OUT/data/test-00000-of-00001.parquet
+    OUT/README.md                           dataset card whose `configs` name both splits
+
+`datasets.load_dataset("OUT")` gives a DatasetDict with `train` and `test` and PIL images.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nhr.exports.common import SPLITS, ExportJob, image_cell, triplet_rows
+from nhr.storage import FolderWriter
+
+ROW_GROUP = 32  # rows of 1 MP images per row group: memory stays flat (as nhr/stages/export.py)
+
+
+def image_metadata(*columns: str) -> dict[str, str]:
+    """Schema metadata that makes `datasets` decode these struct columns as images."""
+    features = {column: {"_type": "Image"} for column in columns}
+    return {"huggingface": json.dumps({"info": {"features": features}})}
+
+
+def write_splits(
+    job: ExportJob,
+    folder: FolderWriter,
+    rows: Callable[[], Iterator[dict[str, Any]]],
+    schema: pa.Schema,
+    to_record: Callable[[dict[str, Any]], dict[str, Any]],
+) -> dict[str, int]:
+    """Write each split's rows as `data/<split>-NNNNN-of-NNNNN.parquet`, a row group at a
+    time; returns the rows per split. `rows` is called once to count and once per split to
+    write (the tables are read again rather than held)."""
+    counts = dict.fromkeys(SPLITS, 0)
+    for row in rows():
+        counts[row["split"]] += 1
+    for split in SPLITS:
+        if not counts[split]:
+            continue
+        file_count = -(-counts[split] // job.rows_per_file)
+        selected = (row for row in rows() if row["split"] == split)
+        for index in range(file_count):
+            name = f"data/{split}-{index:05d}-of-{file_count:05d}.parquet"
+            chunk = itertools.islice(selected, job.rows_per_file)
+            with folder.open_write(name) as handle, pq.ParquetWriter(handle, schema) as writer:
+                while group := list(itertools.islice(chunk, ROW_GROUP)):
+                    records = [to_record(row) for row in group]
+                    writer.write_table(pa.Table.from_pylist(records, schema=schema))
+    return counts
+
+
+def card_header(counts: dict[str, int]) -> str:
+    """The YAML header naming the split files, which `load_dataset(folder)` reads."""
+    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
+    for split in SPLITS:
+        if counts[split]:
+            lines += [f"  - split: {split}", f"    path: data/{split}-*"]
+    lines += ["tags:", "- image-editing", "- synthetic", "- nhr", "---"]
+    return "\n".join(lines)
+
+
+def split_table(counts: dict[str, int]) -> str:
+    lines = ["| split | rows |", "|---|---:|"]
+    lines += [f"| {split} | {counts[split]:,} |" for split in SPLITS if counts[split]]
+    return "\n".join(lines)
+
+
+# -- hf ------------------------------------------------------------------------------------------
+
+
+def write_hf(job: ExportJob, folder: FolderWriter) -> dict[str, Any]:
+    from nhr.stages.export import DATASET_SCHEMA
+
+    def record(row: dict[str, Any]) -> dict[str, Any]:
+        out = {name: row[name] for name in DATASET_SCHEMA.names}
+        for column in ("source_image", "edited_image"):
+            out[column] = image_cell(job.store, row[column])
+        return out
+
+    counts = write_splits(job, folder, lambda: triplet_rows(job), DATASET_SCHEMA, record)
+    card = "\n\n".join(
+        [
+            card_header(counts),
+            "# Image-editing triplets mined with nhr",
+            "Each row is a <source image, instruction, edited image> triplet mined without "
+            "human labels. Scores are the validator's, on a 1-5 scale. The split is by source "
+            "image: a source, its inverses and its composites are always in the same split.",
+            split_table(counts),
+            'Load it with:\n\n```python\nimport datasets\nds = datasets.load_dataset("path/to/'
+            'this/folder")\n```',
+        ]
+    )
+    folder.write_bytes("README.md", (card + "\n").encode("utf-8"))
+    return {"rows": counts}
+
+
+def push_to_hub(output: str, repo: str, counts: dict[str, int]) -> None:
+    """Upload the `hf` export at `output` to the Hub dataset repository `repo` through the
+    `datasets` library (it reads the token from `HF_TOKEN` or `huggingface-cli login`)."""
+    import datasets
+
+    data_files = {
+        split: f"{str(output).rstrip('/')}/data/{split}-*.parquet"
+        for split in SPLITS
+        if counts[split]
+    }
+    dataset = datasets.load_dataset("parquet", data_files=data_files)
+    dataset.push_to_hub(repo)
+
+
+# -- ip2p ----------------------------------------------------------------------------------------
+
+IP2P_SCHEMA = pa.schema(
+    [
+        pa.field("input_image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        pa.field("edit_prompt", pa.string()),
+        pa.field("edited_image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        pa.field("sample_id", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("operation", pa.string()),
+        pa.field("kind", pa.string()),
+    ],
+    metadata=image_metadata("input_image", "edited_image"),
+)
+
+
+def write_ip2p(job: ExportJob, folder: FolderWriter) -> dict[str, Any]:
+    def record(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "input_image": image_cell(job.store, row["source_image"]),
+            "edit_prompt": row["edit_instruction"],
+            "edited_image": image_cell(job.store, row["edited_image"]),
+            "sample_id": row["sample_id"],
+            "category": row["category"],
+            "operation": row["operation"],
+            "kind": row["kind"],
+        }
+
+    counts = write_splits(job, folder, lambda: triplet_rows(job), IP2P_SCHEMA, record)
+    card = "\n\n".join(
+        [
+            card_header(counts),
+            "# Image-editing triplets for InstructPix2Pix training",
+            "The columns are the defaults of diffusers' "
+            "`examples/instruct_pix2pix/train_instruct_pix2pix.py`: `input_image`, "
+            "`edit_prompt`, `edited_image`. Pass this folder as `--dataset_name`.",
+            split_table(counts),
+        ]
+    )
+    folder.write_bytes("README.md", (card + "\n").encode("utf-8"))
+    return {"rows": counts}

@@ -1,0 +1,225 @@
+"""`nhr calibrate`: a judge's figures against (simulated) human ratings."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from nhr.calibrate import (
+    Judge,
+    JudgeScale,
+    calibrate,
+    category_thresholds,
+    item_categories,
+    judge_figures,
+    load_judge_config,
+    threshold_snippet,
+)
+from nhr.cli import main
+from nhr.config import parse_config
+
+TUNED = "tuned-gemini-2.0-flash"
+
+
+@pytest.fixture(scope="module")
+def population():
+    from nhr.backends.sim import calibration
+
+    return calibration.population(600, seed=5)
+
+
+def rated(population, seed=1):
+    """Label rows from the simulated rater panel, one item per triplet."""
+    from nhr.backends.sim import raters
+
+    truth = np.array([t.true_scores for t in population])
+    ratings = raters.rate(truth, seed=seed)
+    return [
+        {
+            "item": f"c{item}",
+            "rater": f"r{rater}",
+            "instruction_score": float(scores[0]),
+            "aesthetics_score": float(scores[1]),
+            "category": population[item].operations[0],
+            "source_image": None,
+            "edited_image": None,
+            "instruction": None,
+            "comment": None,
+        }
+        for item, rater, scores in zip(ratings.item, ratings.rater, ratings.scores)
+    ]
+
+
+def sim_judge(population, name=TUNED):
+    from nhr.backends.sim import calibration
+    from nhr.backends.sim.judges import profile
+
+    seen = calibration.readings(profile(name), population, name)
+    return Judge(
+        "validator", {f"c{i}": tuple(map(float, s)) for i, s in enumerate(seen)}, (4.7, 4.7)
+    )
+
+
+def test_the_report_has_the_documented_layout_and_is_deterministic(population):
+    rows = rated(population)
+    judge = sim_judge(population)
+    report = calibrate(rows, [judge], item_categories(rows, {}), rounds=200, seed=3)
+    figures = report["judges"]["validator"]
+    for scale in ("instruction", "aesthetics"):
+        for key in ("mae", "spearman"):
+            assert isinstance(figures[scale][key], float)
+            low, high = figures[scale][f"{key}_ci"]
+            assert low <= figures[scale][key] <= high
+    for key in ("precision", "recall", "f1", "accuracy"):
+        low, high = figures["at_threshold"][f"{key}_ci"]
+        assert low <= figures["at_threshold"][key] <= high
+    assert set(figures["mae_by_bucket"]["instruction"]) == {"1-2", "2-3", "3-4", "4-5"}
+    assert np.sum(figures["confusion"]["instruction"]) == figures["n"] == len(population)
+    assert figures["pr_curve"][0]["recall"] == 1.0  # threshold 1: everything kept
+    assert set(figures["by_category"]) == {t.operations[0] for t in population}
+    raters = report["raters"]
+    assert raters["items"] == len(population) and raters["raters"] > 1
+    assert 0.2 < raters["agreement"]["instruction"]["spearman"] < 0.9
+    again = calibrate(rows, [judge], item_categories(rows, {}), rounds=200, seed=3)
+    assert json.dumps(again) == json.dumps(report)  # seeded bootstrap: same report
+
+
+def test_against_the_simulators_truth_the_configured_figures_come_back(population):
+    """Calibrating the tuned profile against the simulator's own truth reproduces the figures
+    the simulator computes for it (its configured behaviour), each inside its 95 % interval."""
+    from nhr.backends.sim import calibration
+    from nhr.backends.sim.judges import profile
+
+    truth = {f"c{i}": t.true_scores for i, t in enumerate(population)}
+    figures = judge_figures(sim_judge(population), truth, {}, rounds=300)
+    expected = calibration.judge_metrics(profile(TUNED), population, TUNED)
+    pairs = {
+        "mae_instr": figures["instruction"]["mae"],
+        "mae_aes": figures["aesthetics"]["mae"],
+        "rho_instr": figures["instruction"]["spearman"],
+        "rho_aes": figures["aesthetics"]["spearman"],
+        "precision": figures["at_threshold"]["precision"],
+        "recall": figures["at_threshold"]["recall"],
+        "accuracy": figures["at_threshold"]["accuracy"],
+    }
+    for key, value in pairs.items():
+        assert value == pytest.approx(expected[key], abs=1e-5), key
+
+
+def test_category_thresholds_reach_the_target_where_the_data_allows():
+    random = np.random.default_rng(0)
+    n = 400
+    names = ["remove_object"] * n + ["add_object"] * n
+    true = random.uniform(1, 5, size=(2 * n, 2))
+    noise = np.where(np.array(names)[:, None] == "remove_object", 0.9, 0.15)
+    seen = np.clip(true + random.normal(0, 1, size=true.shape) * noise, 1, 5)
+    positive = (true > 4.0).all(axis=1)
+    chosen = category_thresholds(seen, positive, names, JudgeScale(), 0.9, min_kept=10)
+    assert chosen["add_object"]["reached"] and chosen["add_object"]["precision"] >= 0.9
+    # the noisy category needs a stricter threshold than the clean one
+    assert chosen["remove_object"]["adherence"] > chosen["add_object"]["adherence"]
+    snippet = threshold_snippet(chosen)
+    config = parse_config({"models": "sim", **snippet})
+    assert set(config.validate_.thresholds) == {"remove_object", "add_object"}
+
+
+def test_an_unbounded_judge_has_ranks_but_no_mae():
+    random = np.random.default_rng(1)
+    true = random.uniform(1, 5, size=(200, 2))
+    reward = np.log(true) * 3 - 2 + random.normal(0, 0.1, size=true.shape)  # any monotone scale
+    judge = Judge(
+        "reward",
+        {f"i{k}": tuple(v) for k, v in enumerate(reward)},
+        (1.8, 1.8),
+        JudgeScale(None, None),
+    )
+    figures = judge_figures(judge, {f"i{k}": tuple(v) for k, v in enumerate(true)}, {}, rounds=100)
+    assert figures["instruction"]["mae"] is None and figures["confusion"] == {}
+    assert figures["instruction"]["spearman"] > 0.9
+    thresholds = [row["threshold"] for row in figures["pr_curve"]]
+    assert min(thresholds) < 0 < max(thresholds)  # the grid follows the observed scores
+    assert not math.isnan(figures["at_threshold"]["precision"])
+
+
+def test_judge_presets_parse_with_only_their_judge_role():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "judges"
+    presets = sorted(folder.glob("*.yaml"))
+    assert len(presets) >= 3
+    for preset in presets:
+        config = load_judge_config(preset)
+        judge = config.validate_.judge
+        assert config.models.validator.backend != "sim", preset
+        low, high = judge.low, judge.high
+        assert low <= config.validate_.adherence_threshold <= high
+
+
+def test_cli_calibrates_a_rated_run_and_writes_the_report(mined, tmp_path, capsys):
+    pytest.importorskip("nhr.label_sample")
+    run_dir, _ = mined
+    assert main(["label", str(run_dir), "--sample", "60", "--simulate-raters", "3"]) == 0
+    output = tmp_path / "report"
+    code = main(
+        [
+            "calibrate",
+            str(run_dir),
+            "--run",
+            str(run_dir),
+            "--judge",
+            "configs/quickstart.yaml",
+            "--output",
+            str(output),
+            "--bootstrap",
+            "100",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "validator" in printed and "quickstart" in printed
+    report = json.loads((output / "calibration.json").read_text())
+    assert {"validator", "prefilter", "quickstart"} <= set(report["judges"])
+    assert report["judges"]["quickstart"]["n"] == report["items"]  # every item re-scored
+    assert (output / "calibration.md").read_text().startswith("# Judge calibration")
+    assert (output / "pr_curve-quickstart.png").read_bytes()[:4] == b"\x89PNG"
+    for snippet in output.glob("thresholds-*.yaml"):
+        parse_config({"models": "sim", **yaml.safe_load(snippet.read_text())})
+
+
+def test_cli_rescores_outside_triplets_by_path(tmp_path, capsys):
+    from PIL import Image
+
+    rows = []
+    for index in range(8):
+        paths = []
+        for kind in ("source", "edited"):
+            path = tmp_path / f"{kind}{index}.png"
+            Image.new("RGB", (16, 16), (index * 20, 40, 90)).save(path)
+            paths.append(str(path))
+        for rater in ("ann", "bob"):
+            rows.append(
+                {
+                    "source_image": paths[0],
+                    "edited_image": paths[1],
+                    "instruction": f"Make it brighter {index}",
+                    "rater": rater,
+                    "instruction_score": float(1 + (index + (rater == "bob")) % 5),
+                    "aesthetics_score": 3.0,
+                }
+            )
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("\n".join(json.dumps(r) for r in rows))
+    output = tmp_path / "out"
+    args = ["calibrate", str(labels), "--judge", "configs/quickstart.yaml", "--output", str(output)]
+    assert main(args + ["--bootstrap", "50"]) == 0
+    report = json.loads((output / "calibration.json").read_text())
+    assert report["judges"]["quickstart"]["n"] == 8
+
+
+def test_cli_needs_a_judge(tmp_path, capsys):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("item,rater,instruction_score,aesthetics_score\na,r,4,4\n")
+    assert main(["calibrate", str(labels)]) == 2
+    assert "--run" in capsys.readouterr().err
