@@ -16,7 +16,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nhr.backends import FAMILIES
 from nhr.backends.base import GenerateRequest
 from nhr.backends.sim import SimBackend
 from nhr.backends.sim.config import SimBackendConfig
@@ -148,51 +147,6 @@ def imgedit_data(tmp_path_factory):
     return root
 
 
-class ProtocolSimJudge(SimBackend):
-    """The simulator, answering the benchmarks' judge prompts as their protocols ask.
-
-    The simulator's judge recognises only nhr's own templates; this stand-in shows what it
-    would need for benchmark prompts: read the instruction, ask the simulated judge for its
-    (adherence, aesthetics) reading of the pair on 1-5 and write it in the protocol's form."""
-
-    def ask(self, requests):
-        return [self._answer(request) for request in requests]
-
-    def _answer(self, request):
-        from nhr.backends.base import VisionRequest
-        from nhr.backends.sim.render import read_meta
-        from nhr.backends.sim.truth import aesthetics
-        from nhr.backends.sim.world import Scene
-
-        text = request.prompt
-        if "naturalness" in text and len(request.images) == 1:  # GEdit PQ
-            meta = read_meta(request.images[0]) or {}
-            value = aesthetics(Scene.from_dict(meta["scene"])) if meta.get("scene") else 3.0
-            score = round(2.5 * (value - 1))
-            return json.dumps({"score": [score, score], "reasoning": "sim"})
-        instruction = text.rsplit("Editing instruction:", 1)[1].strip()
-        nhr_prompt = (
-            "Rate InstructionAdherence and ImageAesthetic.\n"
-            f"Instruction: {instruction}\n"
-            'Output only {"InstructionAdherence": <float>, "ImageAesthetic": <float>}'
-        )
-        (reading,) = super().ask([VisionRequest(images=request.images, prompt=nhr_prompt)])
-        scores = json.loads(reading)
-        adherence, aesthetic = scores["InstructionAdherence"], scores["ImageAesthetic"]
-        if "over-editing" in text:  # GEdit SC
-            score = round(2.5 * (adherence - 1))
-            return json.dumps({"score": [score, score], "reasoning": "sim"})
-        names = [line.split(":")[0] for line in text.splitlines() if line.endswith(": <1-5>")]
-        values = [adherence, min(adherence, aesthetic), min(adherence, aesthetic)]
-        lines = [f"{name}: {round(value)}" for name, value in zip(names, values)]
-        return "Brief reasoning: simulated.\n" + "\n".join(lines)
-
-
-@pytest.fixture
-def protocol_judge(monkeypatch):
-    monkeypatch.setitem(FAMILIES, "sim", f"{__name__}:ProtocolSimJudge")
-
-
 # --- data layouts --------------------------------------------------------------------------
 
 
@@ -281,29 +235,52 @@ def _check_schema(bench, benchmark, seeds):
             assert set(cell) == {"mean", "ci"}
 
 
-def test_sim_judge_without_protocol_support_is_recorded_not_fatal(gedit_data, tmp_path):
-    """The simulator's own judge may not know the benchmark prompts: each such answer is a
-    recorded judge failure, and the bench still finishes and writes its files."""
+def test_the_sim_judge_answers_both_protocols(gedit_data, imgedit_data, tmp_path):
+    """The simulator's judge recognises the benchmarks' prompts and answers in their forms;
+    edits its grammar lacks (text, human, extract, pose) are made as no change and judged as
+    not done."""
+    for name, data in (("gedit", gedit_data), ("imgedit", imgedit_data)):
+        out = tmp_path / name
+        bench = run_bench(benchmark_module(name), _config(), _config(), data, out, seeds=1)
+        _check_schema(bench, name, 1)
+        rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+        assert rows and all(row["status"] == "ok" for row in rows)
+    rows = [
+        json.loads(line) for line in (tmp_path / "gedit" / "scores.jsonl").read_text().splitlines()
+    ]
+    by_task = {task: [row for row in rows if row["task"] == task] for task in gedit.TASKS}
+    unparsed = by_task["text_change"] + by_task["ps_human"]
+    done = by_task["background_change"] + by_task["tone_transfer"]
+
+    def mean_sc(rows):
+        return sum(row["G_SC"] for row in rows) / len(rows)
+
+    assert mean_sc(unparsed) <= 3 and mean_sc(done) >= mean_sc(unparsed) + 3
+
+
+def test_unrecognised_judge_prompts_are_recorded_not_fatal(gedit_data, tmp_path, monkeypatch):
+    """A judge that does not know the benchmark prompts: each answer is a recorded judge
+    failure, and the bench still finishes, writes its files and exits with status 3."""
+    from nhr.backends.sim import vision
+
+    monkeypatch.setattr(vision, "detect_task", lambda text: "unknown")
     out = tmp_path / "out"
     bench = run_bench(benchmark_module("gedit"), _config(), _config(), gedit_data, out, seeds=1)
     _check_schema(bench, "gedit", 1)
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
-    assert len(rows) == 44
-    assert all(row["status"] in ("ok", "edit_failed", "judge_failed") for row in rows)
-    judged = [row for row in rows if row["status"] == "ok"]
-    if not judged:  # the simulator does not answer these prompts (yet)
-        assert bench["metrics"]["G_O"]["overall"]["mean"] in (None, 0.0)
-        run = json.loads((out / "run.json").read_text())
-        assert any(name.startswith("judge_failed:") for name in run["failures"])
-        config = tmp_path / "sim.yaml"
-        config.write_text(_config_text(GOOD_EDITOR))
-        argv = ["bench", "gedit", "--editor", str(config), "--judge", str(config)]
-        argv += ["--data", str(gedit_data), "--seeds", "1", "--output", str(out)]
-        assert main(argv) == 3  # nothing could be judged: said, not hidden
+    assert len(rows) == 44 and all(row["status"] == "judge_failed" for row in rows)
+    assert bench["metrics"]["G_O"]["overall"]["mean"] in (None, 0.0)
+    run = json.loads((out / "run.json").read_text())
+    assert any(name.startswith("judge_failed:") for name in run["failures"])
+    config = tmp_path / "sim.yaml"
+    config.write_text(_config_text(GOOD_EDITOR))
+    argv = ["bench", "gedit", "--editor", str(config), "--judge", str(config)]
+    argv += ["--data", str(gedit_data), "--seeds", "1", "--output", str(tmp_path / "cli")]
+    assert main(argv) == 3  # nothing could be judged: said, not hidden
 
 
 @pytest.mark.parametrize("name", ["gedit", "imgedit"])
-def test_bench_tables_with_intervals(name, gedit_data, imgedit_data, tmp_path, protocol_judge):
+def test_bench_tables_with_intervals(name, gedit_data, imgedit_data, tmp_path):
     data = gedit_data if name == "gedit" else imgedit_data
     module = benchmark_module(name)
     out = tmp_path / "out"
@@ -323,12 +300,12 @@ def test_bench_tables_with_intervals(name, gedit_data, imgedit_data, tmp_path, p
     assert "±" in tables
 
 
-def test_a_killed_bench_resumes_without_new_calls(imgedit_data, tmp_path, protocol_judge):
+def test_a_killed_bench_resumes_without_new_calls(imgedit_data, tmp_path):
     module = benchmark_module("imgedit")
     out = tmp_path / "out"
     first = run_bench(module, _config(), _config(), imgedit_data, out, seeds=2)
     calls = {"edit": 0, "ask": 0}
-    original_edit, original_ask = ProtocolSimJudge.edit, ProtocolSimJudge.ask
+    original_edit, original_ask = SimBackend.edit, SimBackend.ask
 
     def counting(name, method):
         def wrapped(self, requests):
@@ -337,8 +314,8 @@ def test_a_killed_bench_resumes_without_new_calls(imgedit_data, tmp_path, protoc
 
         return wrapped
 
-    ProtocolSimJudge.edit = counting("edit", original_edit)
-    ProtocolSimJudge.ask = counting("ask", original_ask)
+    SimBackend.edit = counting("edit", original_edit)
+    SimBackend.ask = counting("ask", original_ask)
     try:
         (out / "bench.json").unlink()  # as if killed before the end
         second = run_bench(module, _config(), _config(), imgedit_data, out, seeds=2)
@@ -347,14 +324,12 @@ def test_a_killed_bench_resumes_without_new_calls(imgedit_data, tmp_path, protoc
         third = run_bench(module, _config(), _config(), imgedit_data, out, seeds=3)
         assert calls["edit"] == 36  # only the new seed's edits
     finally:
-        ProtocolSimJudge.edit, ProtocolSimJudge.ask = original_edit, original_ask
+        SimBackend.edit, SimBackend.ask = original_edit, original_ask
     assert third["seeds"] == 3
 
 
 @pytest.mark.parametrize("name,metric", [("gedit", "G_O"), ("imgedit", "score")])
-def test_compare_sees_a_degraded_editor(
-    name, metric, gedit_data, imgedit_data, tmp_path, protocol_judge
-):
+def test_compare_sees_a_degraded_editor(name, metric, gedit_data, imgedit_data, tmp_path):
     data = gedit_data if name == "gedit" else imgedit_data
     module = benchmark_module(name)
     good, bad = tmp_path / "good", tmp_path / "bad"
@@ -367,7 +342,7 @@ def test_compare_sees_a_degraded_editor(
     assert compare(str(good), str(bad), rounds=400, seed=1) == result  # seeded
 
 
-def test_cli_bench_and_compare(imgedit_data, tmp_path, protocol_judge, capsys):
+def test_cli_bench_and_compare(imgedit_data, tmp_path, capsys):
     good_config, bad_config = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good_config.write_text(_config_text(GOOD_EDITOR))
     bad_config.write_text(_config_text(DEGRADED_EDITOR))
@@ -384,12 +359,10 @@ def test_cli_bench_and_compare(imgedit_data, tmp_path, protocol_judge, capsys):
     assert main(["bench", "imgedit", "--editor", str(good_config)]) == 2
 
 
-def test_a_bench_killed_mid_run_redoes_only_unfinished_calls(
-    imgedit_data, tmp_path, protocol_judge
-):
+def test_a_bench_killed_mid_run_redoes_only_unfinished_calls(imgedit_data, tmp_path):
     module = benchmark_module("imgedit")
     calls = {"edit": 0, "ask": 0}
-    original_edit, original_ask = ProtocolSimJudge.edit, ProtocolSimJudge.ask
+    original_edit, original_ask = SimBackend.edit, SimBackend.ask
 
     def edit(self, requests):
         calls["edit"] += len(requests)
@@ -401,16 +374,16 @@ def test_a_bench_killed_mid_run_redoes_only_unfinished_calls(
         calls["ask"] += len(requests)
         return original_ask(self, requests)
 
-    ProtocolSimJudge.edit, ProtocolSimJudge.ask = edit, ask
+    SimBackend.edit, SimBackend.ask = edit, ask
     try:
         with pytest.raises(KeyboardInterrupt):
             run_bench(module, _config(), _config(), imgedit_data, tmp_path / "out", seeds=2)
         edited_before = calls["edit"]
         assert 0 < edited_before < 72
-        ProtocolSimJudge.ask = original_ask
+        SimBackend.ask = original_ask
         resumed = run_bench(module, _config(), _config(), imgedit_data, tmp_path / "out", seeds=2)
         assert calls["edit"] == 72  # the edits made before the kill were not made again
     finally:
-        ProtocolSimJudge.edit, ProtocolSimJudge.ask = original_edit, original_ask
+        SimBackend.edit, SimBackend.ask = original_edit, original_ask
     whole = run_bench(module, _config(), _config(), imgedit_data, tmp_path / "whole", seeds=2)
     assert resumed == whole

@@ -7,6 +7,11 @@ markers are what a template cannot lose without breaking its stage as well: a la
 the stage fills in and the simulator must read to answer (the operation, the batch size, the
 prompt, the instruction), or the answer format the stage's parser expects (the score keys,
 a yes/no answer).
+
+The two editing benchmarks of `nhr bench` (nhr/bench/gedit.py, nhr/bench/imgedit.py) are
+recognised the same way: GEdit-Bench asks for a `"score": [a, b]` list (semantic consistency
+with an `Editing instruction` field and two images, perceptual quality with neither), ImgEdit
+for one `Name: <1-5>` line per criterion and names its `Editing instruction`.
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ from __future__ import annotations
 import re
 
 TEXT_TASKS = ("design", "invert")
-VISION_TASKS = ("score", "unwanted", "gate", "aesthetic")
+VISION_TASKS = ("score", "unwanted", "gate", "aesthetic", "gedit_sc", "gedit_pq", "imgedit")
+BENCH_TASKS = ("gedit_sc", "gedit_pq", "imgedit")
 
 _BATCH_SIZE = re.compile(r"exactly\s+\d+\s+items")
 _YES_OR_NO = re.compile(r"\byes\s*(?:or|/)\s*no\b", re.IGNORECASE)
+_SCORE_LIST = re.compile(r'"score"\s*:\s*\[')
+_CRITERION_LINE = re.compile(r"^\s*([^:\n<>]+?)\s*:\s*<\s*1\s*-\s*5\s*>\s*$", re.MULTILINE)
+EDIT_INSTRUCTION = re.compile(r"^\s*Editing instruction\s*:\s*(.+?)\s*$", re.MULTILINE)
 
 
 def has_field(text: str, label: str) -> bool:
@@ -34,11 +43,22 @@ def text_task(text: str) -> str:
     return "unknown"
 
 
+def criteria(text: str) -> list[str]:
+    """The criterion names of an ImgEdit-style answer form (`Name: <1-5>` lines), in order."""
+    return [match.group(1) for match in _CRITERION_LINE.finditer(text)]
+
+
 def vision_task(text: str) -> str:
-    """score (score.txt), gate (gate.txt), unwanted (unwanted.txt), aesthetic (aesthetic.txt)
-    or unknown, for a vision request's text (system prompt and prompt)."""
+    """score (score.txt), gate (gate.txt), unwanted (unwanted.txt), aesthetic (aesthetic.txt),
+    gedit_sc / gedit_pq (GEdit-Bench semantic consistency / perceptual quality), imgedit
+    (ImgEdit-Bench criteria) or unknown, for a vision request's text (system prompt and
+    prompt)."""
     if "InstructionAdherence" in text and has_field(text, "Instruction"):
         return "score"
+    if _SCORE_LIST.search(text):
+        return "gedit_sc" if has_field(text, "Editing instruction") else "gedit_pq"
+    if criteria(text) and has_field(text, "Editing instruction"):
+        return "imgedit"
     if has_field(text, "Text-to-image prompt"):
         return "gate"
     if _YES_OR_NO.search(text):

@@ -16,7 +16,7 @@ from nhr.backends.sim import judges
 from nhr.backends.sim.config import SimBackendConfig
 from nhr.backends.sim.grammar import parse_instruction, parse_prompt
 from nhr.backends.sim.render import read_meta
-from nhr.backends.sim.tasks import vision_task
+from nhr.backends.sim.tasks import BENCH_TASKS, EDIT_INSTRUCTION, criteria, vision_task
 from nhr.backends.sim.truth import Assessment, aesthetic_penalties, aesthetics, assess
 from nhr.backends.sim.world import Scene, digest, rng, scene_defects, uniform
 
@@ -81,7 +81,7 @@ def answer(request: VisionRequest, config: SimBackendConfig) -> str | BackendErr
         return UNKNOWN_TASK_ANSWER
     if not request.images:
         return PermanentBackendError("invalid_request", "no image given")
-    if task in ("score", "unwanted") and len(request.images) < 2:
+    if task in ("score", "unwanted", "gedit_sc", "imgedit") and len(request.images) < 2:
         return PermanentBackendError("invalid_request", f"{task} needs the original and the edit")
     if task == "gate":
         match = _PROMPT.search(text)
@@ -90,6 +90,8 @@ def answer(request: VisionRequest, config: SimBackendConfig) -> str | BackendErr
         )
     profile = config.judge_profile()
     sample = key if request.temperature > 0 else None
+    if task in BENCH_TASKS:
+        return _bench_answer(task, request, text, key, sample, profile, config)
     if task == "aesthetic":
         scene = _scene(request.images[-1])
         if profile is None:
@@ -139,6 +141,106 @@ def answer(request: VisionRequest, config: SimBackendConfig) -> str | BackendErr
         return _yes_no(adherence >= 4.5, key, config)
     observed_adh, observed_aes = observe_scores((adherence, aesthetic), config, pair, key)
     return f'{{"InstructionAdherence": {observed_adh}, "ImageAesthetic": {observed_aes}}}'
+
+
+# Flaw kinds that are changes nobody asked for: what GEdit's over-editing score is about.
+UNWANTED_KINDS = ("extra_change", "wrong_target", "color_drift")
+
+
+def _bench_answer(
+    task: str,
+    request: VisionRequest,
+    text: str,
+    key: bytes,
+    sample: bytes | None,
+    profile: judges.JudgeProfile | None,
+    config: SimBackendConfig,
+) -> str:
+    """An answer to a benchmark judge prompt (nhr/bench), read off the same judge as nhr's own
+    templates: the 1-5 (adherence, aesthetics) reading of the profile (or the plain judge),
+    with its noise and blind spots, mapped onto the benchmark's scale.
+
+    GEdit semantic consistency: editing success is the adherence reading, over-editing the
+    adherence reading of the unwanted changes alone (UNWANTED_KINDS); perceptual quality: the
+    aesthetics reading of the edited image alone, for both naturalness and artefacts. ImgEdit:
+    the first criterion is adherence, the others min(adherence, aesthetics)."""
+    if task == "gedit_pq":
+        png = request.images[-1]
+        scene = _scene(png)
+        image = hashlib.sha256(png).digest()
+        if scene is None:
+            value = 3.0  # no truth to read: an undecided judge
+        else:
+            alone = Assessment(parsed=True, aesthetics_penalties=aesthetic_penalties(scene))
+            if profile is None:
+                value = observe_scores((alone.aesthetics,) * 2, config, (image,), key)[1]
+            else:
+                picture = digest("picture", scene.texture_seed)
+                value = judges.read_scores(
+                    profile, alone, [], config.model, image, sample, b"", image, picture
+                )[1]
+        score = _on_ten(value)
+        return f'{{"score": [{score}, {score}], "reasoning": "simulated perceptual quality"}}'
+
+    match = EDIT_INSTRUCTION.search(text)
+    instruction = match.group(1) if match else ""
+    before, after = _scene(request.images[0]), _scene(request.images[1])
+    pair = tuple(sorted(hashlib.sha256(image).digest() for image in request.images[:2]))
+    if before is None or after is None:
+        result = Assessment(
+            parsed=False,
+            adherence_penalties={"unparsed": 2.5},
+            aesthetics_penalties={"unparsed": 1.5},
+        )
+    else:
+        result = assess(before, after, instruction)
+    unwanted = Assessment(
+        parsed=result.parsed,
+        adherence_penalties={
+            kind: value
+            for kind, value in result.adherence_penalties.items()
+            if kind in UNWANTED_KINDS
+        },
+        aesthetics_penalties=result.aesthetics_penalties,
+    )
+    if profile is None:
+        adherence, aesthetic = observe_scores(
+            (result.adherence, result.aesthetics), config, pair, key
+        )
+        over, _ = observe_scores(
+            (unwanted.adherence, unwanted.aesthetics), config, pair, digest(key, "over-editing")
+        )
+    else:
+        pair_key = b"".join(pair)
+        direction = digest(request.images[0], request.images[1], instruction)
+        operations = [clause.op for clause in parse_instruction(instruction)]
+        image = hashlib.sha256(request.images[1]).digest()
+        picture = b"" if after is None else digest("picture", after.texture_seed)
+
+        def read(truth: Assessment, way: bytes) -> tuple[float, float]:
+            return judges.read_scores(
+                profile, truth, operations, config.model, pair_key, sample, way, image, picture
+            )
+
+        adherence, aesthetic = read(result, direction)
+        over, _ = read(unwanted, digest(direction, "over-editing"))
+    if task == "gedit_sc":
+        scores = f"[{_on_ten(adherence)}, {_on_ten(over)}]"
+        return f'{{"score": {scores}, "reasoning": "simulated semantic consistency"}}'
+    values = [adherence, min(adherence, aesthetic), min(adherence, aesthetic)]
+    lines = [
+        f"{name}: {_on_five(value)}" for name, value in zip(criteria(text), values, strict=False)
+    ]
+    return "Brief reasoning: simulated reading of the edit.\n" + "\n".join(lines)
+
+
+def _on_ten(value: float) -> int:
+    """A 1-5 reading on a 0-10 scale."""
+    return max(0, min(10, round(2.5 * (value - 1.0))))
+
+
+def _on_five(value: float) -> int:
+    return max(1, min(5, round(value)))
 
 
 def _generated(png: bytes) -> bool:
