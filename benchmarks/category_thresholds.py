@@ -5,8 +5,11 @@ The loop a user runs, on the simulator with its realistic judges (the quickstart
      candidate the validator scored (the pool its thresholds act on);
   2. `nhr calibrate`'s rule: per category, the lowest threshold whose precision on those labels
      (positive: both bias-corrected rater scores > 4.0) reaches the target, never loosening a
-     category that cannot reach it; also the one global threshold that reaches it, and both
-     again from the simulator's true scores (perfect raters), for comparison;
+     category that cannot reach it; the same with `--exclude-unreachable` (a category whose
+     precision reaches the target at no threshold is excluded: validate drops it), and with
+     precision read through its Wilson 95 % interval (`--confidence 0.95`); also the one global
+     threshold that reaches it, and all again from the simulator's true scores (perfect
+     raters), for comparison;
   3. mine an evaluation run (seed 0, other prompts and images) with the global 4.7, then redo it
      from `validate` with each threshold setting (same candidates and validator scores), and
      measure the released forward triplets against the simulator's truth.
@@ -15,7 +18,8 @@ Prints one line per setting: released forward triplets, their precision against 
 released triplets and their precision, and the yield cost (editor calls per released forward
 triplet).
 
-    python benchmarks/category_thresholds.py [--prompts N] [--target 0.9]
+    python benchmarks/category_thresholds.py [--prompts N] [--calibration-prompts N]
+        [--target 0.9]
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ from nhr.store import ImageStore, RunStore
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=None, help="default: the quickstart's")
+    parser.add_argument(
+        "--calibration-prompts",
+        type=int,
+        default=None,
+        help="prompts of the calibration run (default: as --prompts)",
+    )
     parser.add_argument("--target", type=float, default=0.9, help="target precision")
     parser.add_argument("--raters", type=int, default=3, help="simulated raters per triplet")
     parser.add_argument(
@@ -70,7 +80,9 @@ def config_with(seed: int, prompts: int | None, thresholds: dict | None = None) 
 def run(work: Path, args) -> None:
     # 1. calibration run and its labels
     calibration_dir = work / "calibration"
-    nhr.mine(config_with(1, args.prompts), calibration_dir, preflight=False)
+    nhr.mine(
+        config_with(1, args.calibration_prompts or args.prompts), calibration_dir, preflight=False
+    )
     store = RunStore(calibration_dir)
     validated = {r["candidate_id"] for r in stage_rows(calibration_dir, "validate")}
     sample = [c for c in candidates(store) if c["item"] in validated]
@@ -98,34 +110,51 @@ def run(work: Path, args) -> None:
             f"calibration pool: {len(items)} validated candidates; precision at 4.7 against "
             f"{source}: {positive[kept].mean():.3f}"
         )
-        chosen = category_thresholds(
-            seen, positive, names, JudgeScale(), args.target, floor=(4.7, 4.7)
-        )
         [overall] = category_thresholds(
             seen, positive, ["all"] * len(items), JudgeScale(), args.target, floor=(4.7, 4.7)
         ).values()
-        found[source] = (chosen, overall)
-        reached = sum(entry["reached"] for entry in chosen.values())
-        print(
-            f"  thresholds from {source} ({reached} of {len(chosen)} categories reach "
-            f"{args.target}; global {overall['adherence']:g}): "
-            + ", ".join(f"{k} {v['adherence']:g}" for k, v in sorted(chosen.items()))
-        )
+        variants = {
+            "": {},
+            ", unreachable excluded": {"exclude_unreachable": True},
+            ", Wilson 95 %, unreachable excluded": {
+                "exclude_unreachable": True,
+                "confidence": 0.95,
+            },
+        }
+        for suffix, options in variants.items():
+            chosen = category_thresholds(
+                seen, positive, names, JudgeScale(), args.target, floor=(4.7, 4.7), **options
+            )
+            found[f"{source}{suffix}"] = (chosen, overall)
+            reached = sum(entry["reached"] for entry in chosen.values())
+            excluded = sum(entry["exclude"] for entry in chosen.values())
+            print(
+                f"  {source}{suffix}: {reached} of {len(chosen)} categories reach "
+                f"{args.target}, {excluded} excluded (global {overall['adherence']:g}): "
+                + ", ".join(
+                    f"{k} {'excl' if v['exclude'] else format(v['adherence'], 'g')}"
+                    f" (best {v['best_precision']:.2f}, n {v['n']})"
+                    for k, v in sorted(chosen.items())
+                )
+            )
 
     # 2. evaluation runs: the same candidates, one keep-rule each
     def snippet(chosen):
         return threshold_snippet(chosen)["validate"]["thresholds"]
 
     settings = [("global 4.7 (paper)", None, 4.7)]
+    globals_seen = set()
     for source, (chosen, overall) in found.items():
         settings.append((f"per-category at {args.target}, {source}", snippet(chosen), 4.7))
-        settings.append(
-            (
-                f"global {overall['adherence']:g} at {args.target}, {source}",
-                None,
-                overall["adherence"],
+        if overall["adherence"] not in globals_seen:
+            globals_seen.add(overall["adherence"])
+            settings.append(
+                (
+                    f"global {overall['adherence']:g} at {args.target}, {source}",
+                    None,
+                    overall["adherence"],
+                )
             )
-        )
     base = work / "evaluation-global"
     for index, (name, thresholds, global_t) in enumerate(settings):
         config = config_with(0, args.prompts, thresholds)

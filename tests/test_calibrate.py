@@ -16,6 +16,8 @@ from nhr.calibrate import (
     judge_figures,
     load_judge_config,
     threshold_snippet,
+    wilson,
+    write_report,
 )
 from nhr.cli import main
 from nhr.config import parse_config
@@ -125,6 +127,100 @@ def test_category_thresholds_reach_the_target_where_the_data_allows():
     assert set(config.validate_.thresholds) == {"remove_object", "add_object"}
 
 
+def blind_spot_population(seed=0, n=400):
+    """add_object: the judge tracks the truth; replace_object: its high scores are blind spots
+    (half of them wrong whatever the score), so no threshold reaches 0.9 there."""
+    random = np.random.default_rng(seed)
+    names = ["add_object"] * n + ["replace_object"] * n
+    true = random.uniform(2.5, 5, size=(2 * n, 2))
+    seen = np.clip(true + random.normal(0, 0.15, size=true.shape), 1, 5)
+    blind = random.random(n) < 0.5
+    seen[n:][blind] = random.uniform(4.7, 5, size=(int(blind.sum()), 2))
+    true[n:][blind] = random.uniform(1, 3, size=(int(blind.sum()), 2))
+    return seen, (true > 4.0).all(axis=1), names
+
+
+def test_unreachable_categories_are_excluded_only_when_asked():
+    seen, positive, names = blind_spot_population()
+    kept = category_thresholds(seen, positive, names, JudgeScale(), 0.9, floor=(4.7, 4.7))
+    assert not kept["replace_object"]["reached"] and not kept["replace_object"]["exclude"]
+    assert kept["replace_object"]["adherence"] >= 4.7  # never loosened
+    plain = threshold_snippet(kept)["validate"]["thresholds"]
+    assert "exclude" not in plain["replace_object"]
+
+    chosen = category_thresholds(
+        seen, positive, names, JudgeScale(), 0.9, floor=(4.7, 4.7), exclude_unreachable=True
+    )
+    assert chosen["replace_object"]["exclude"] and not chosen["add_object"]["exclude"]
+    snippet = threshold_snippet(chosen)
+    assert snippet["validate"]["thresholds"]["replace_object"] == {"exclude": True}
+    config = parse_config({"models": "sim", **snippet})
+    assert config.validate_.excluded("replace_object")
+    assert not config.validate_.excluded("add_object")
+
+    # released precision on the labels: the global 4.7 vs the per-category rule with exclusion
+    def precision(validate):
+        rule = np.array([validate.pair(name) for name in names])
+        kept = (seen >= rule - 1e-6).all(axis=1)
+        return positive[kept].mean(), int(kept.sum())
+
+    before, released_before = precision(parse_config({"models": "sim"}).validate_)
+    after, released_after = precision(config.validate_)
+    assert after > before + 0.1 and after >= 0.9
+    assert 0 < released_after < released_before  # the stated cost: fewer released
+
+
+def test_the_wilson_bound_keeps_noise_from_deciding():
+    assert wilson(45, 50)[0] < 0.9 < wilson(45, 50)[1]
+    assert wilson(0, 0) == (0.0, 1.0)
+    # a small category at 0.85-ish: the point estimate says unreachable, the interval says
+    # it may be within reach, so it is not excluded (kept at the global pair) under confidence
+    random = np.random.default_rng(3)
+    n = 30
+    names = ["add_object"] * n
+    seen = np.full((n, 2), 4.8)
+    positive = random.random(n) < 0.85
+    point = category_thresholds(
+        seen, positive, names, JudgeScale(), 0.95, min_kept=10, exclude_unreachable=True
+    )
+    bounded = category_thresholds(
+        seen,
+        positive,
+        names,
+        JudgeScale(),
+        0.95,
+        min_kept=10,
+        exclude_unreachable=True,
+        confidence=0.95,
+    )
+    assert point["add_object"]["exclude"]
+    assert not bounded["add_object"]["exclude"] and not bounded["add_object"]["reached"]
+
+
+def test_the_report_carries_the_exclusion(tmp_path):
+    seen, positive, names = blind_spot_population(seed=1, n=200)
+    items = [f"i{k}" for k in range(len(names))]
+    truth = {i: (5.0, 5.0) if p else (2.0, 2.0) for i, p in zip(items, positive)}
+    judge = Judge("validator", {i: tuple(s) for i, s in zip(items, seen)}, (4.7, 4.7))
+    figures = judge_figures(
+        judge, truth, dict(zip(items, names)), rounds=20, exclude_unreachable=True
+    )
+    assert figures["category_thresholds"]["replace_object"]["exclude"]
+    without = judge_figures(judge, truth, dict(zip(items, names)), rounds=20)
+    assert not any(entry["exclude"] for entry in without["category_thresholds"].values())
+
+    from nhr.storage import open_storage
+
+    report = calibrate([], [], {}, rounds=20, exclude_unreachable=True)
+    report["judges"] = {"validator": figures}
+    storage = open_storage(str(tmp_path / "report"))
+    assert "thresholds-validator.yaml" in write_report(storage, report)
+    text = (tmp_path / "report" / "thresholds-validator.yaml").read_text()
+    assert "excluded" in text and "category_excluded" in text
+    assert yaml.safe_load(text)["validate"]["thresholds"]["replace_object"] == {"exclude": True}
+    assert "excluded (target unreachable)" in (tmp_path / "report" / "calibration.md").read_text()
+
+
 def test_an_unbounded_judge_has_ranks_but_no_mae():
     random = np.random.default_rng(1)
     true = random.uniform(1, 5, size=(200, 2))
@@ -223,3 +319,21 @@ def test_cli_needs_a_judge(tmp_path, capsys):
     labels.write_text("item,rater,instruction_score,aesthetics_score\na,r,4,4\n")
     assert main(["calibrate", str(labels)]) == 2
     assert "--run" in capsys.readouterr().err
+
+
+def test_cli_writes_exclusions_only_when_asked(mined, tmp_path, capsys):
+    pytest.importorskip("nhr.label_sample")
+    run_dir, _ = mined
+    assert main(["label", str(run_dir), "--sample", "60", "--simulate-raters", "3"]) == 0
+    reports = {}
+    for name, extra in (("plain", []), ("excluding", ["--exclude-unreachable"])):
+        output = tmp_path / name
+        args = ["calibrate", str(run_dir), "--run", str(run_dir), "--output", str(output)]
+        assert main([*args, "--bootstrap", "50", "--min-kept", "5", *extra]) == 0
+        reports[name] = json.loads((output / "calibration.json").read_text())
+        for snippet in output.glob("thresholds-*.yaml"):
+            text = snippet.read_text()
+            assert ("exclude: true" in text) <= (name == "excluding"), text
+            parse_config({"models": "sim", **yaml.safe_load(text)})
+    assert reports["plain"]["exclude_unreachable"] is False
+    assert reports["excluding"]["exclude_unreachable"] is True

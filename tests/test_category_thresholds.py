@@ -29,6 +29,8 @@ def test_thresholds_per_operation_fall_back_to_the_global_pair():
         ({"thresholds": {"fly_away": {"adherence": 4, "aesthetics": 4}}}, "unknown operation"),
         ({"thresholds": {"add_object": {"adherence": 6, "aesthetics": 4}}}, "outside"),
         ({"thresholds": {"add_object": {"adherence": 4.5}}}, "aesthetics"),
+        ({"thresholds": {"add_object": {"exclude": True, "adherence": 4.5}}}, "exclude"),
+        ({"thresholds": {"add_object": {"exclude": "yes"}}}, "exclude"),
         ({"adherence_threshold": 0.5}, "validate.adherence_threshold"),
         ({"judge": {"low": 5, "high": 1}}, "below high"),
         ({"judge": {"parser": "stars"}}, "validate.judge.parser"),
@@ -38,6 +40,22 @@ def test_bad_threshold_settings_are_refused(validate, fragment):
     with pytest.raises(ConfigError) as info:
         config_with(**validate)
     assert fragment in str(info.value)
+
+
+def test_an_excluded_category_keeps_nothing_and_says_so():
+    config = config_with(thresholds={"replace_object": {"exclude": True}})
+    assert config.validate_.excluded("replace_object")
+    assert not config.validate_.excluded("add_object") and not config.validate_.excluded(None)
+    assert config.validate_.pair("replace_object") == (float("inf"), float("inf"))
+    assert config.validate_.pair("add_object") == (4.7, 4.7)
+
+
+def test_the_exclusion_is_a_validate_setting():
+    from nhr.config import CategoryThresholds, ValidateSection
+
+    stage = ValidateSection.model_fields["adherence_threshold"].json_schema_extra
+    assert CategoryThresholds.model_fields["exclude"].json_schema_extra == stage
+    assert ValidateSection.model_fields["thresholds"].json_schema_extra == stage
 
 
 def test_thresholds_follow_the_judges_scale():
@@ -140,3 +158,22 @@ def test_a_run_with_category_thresholds_applies_them(tmp_path, small_config):
         and min(r["adherence"], r["aesthetics"]) >= 4.7
         for r in rows
     ), "some removal passes 4.7 but not its own 4.95"
+
+
+def test_validate_drops_an_excluded_category_with_its_reason(tmp_path):
+    images = ImageStore(tmp_path)
+    image = images.put(b"not read by the fixed judge")
+    judge = FixedJudge({"a": '{"score": [5, 5]}', "b": '{"score": [5, 5]}'})
+    config = config_with(
+        thresholds={"replace_object": {"exclude": True}},
+        judge={"prompt": "Rate this edit: $instruction", "parser": "viescore"},
+    )
+    ctx = StageContext(config, images, backends=lambda role: judge)
+    edits = [candidate("1", "replace_object", "a", image), candidate("2", "add_object", "b", image)]
+    prefilter = [{"candidate_id": c["candidate_id"], "status": "ok"} for c in edits]
+    rows = ValidateStage().run(ctx, {"edit": edits, "prefilter": prefilter})
+    by_id = {r["candidate_id"]: r for r in rows}
+    assert by_id["1"]["status"] == "dropped" and by_id["1"]["reason"] == "category_excluded"
+    assert (by_id["1"]["adherence"], by_id["1"]["aesthetics"]) == (5.0, 5.0)  # still scored
+    assert by_id["2"]["status"] == "ok"
+    assert ctx.stats.rows_out == 1

@@ -19,7 +19,11 @@ linearly onto the raters' 1-5 (an unbounded one has no MAE: only ranks compare).
 
 Per-category thresholds: for each category, the lowest threshold (one value for both scales,
 on a grid of the judge's scale) whose precision on the labelled items reaches the target, with
-at least `min_kept` items kept; written as a `validate.thresholds` config snippet.
+at least `min_kept` items kept; written as a `validate.thresholds` config snippet. A category
+that reaches the target at no threshold keeps the global pair (never loosened), or with
+`exclude_unreachable` is written `{exclude: true}` (validate drops it: `category_excluded`).
+With `confidence`, precision is read through its Wilson interval (chosen where the lower bound
+reaches the target, excluded only where the upper bound never does).
 """
 
 from __future__ import annotations
@@ -160,6 +164,8 @@ def judge_figures(
     min_kept: int = MIN_KEPT,
     rounds: int = 1000,
     seed: int = 0,
+    exclude_unreachable: bool = False,
+    confidence: float | None = None,
 ) -> dict[str, Any]:
     """Every figure of one judge against the ground truth, with bootstrap 95 % intervals."""
     items = sorted(set(judge.scores) & set(truth))
@@ -209,7 +215,15 @@ def judge_figures(
     result["by_category"] = _by_category(seen, true, positive, names, judge, rounds, seed)
     if target_precision is not None:
         result["category_thresholds"] = category_thresholds(
-            seen, positive, names, judge.scale, target_precision, min_kept, judge.threshold
+            seen,
+            positive,
+            names,
+            judge.scale,
+            target_precision,
+            min_kept,
+            judge.threshold,
+            exclude_unreachable=exclude_unreachable,
+            confidence=confidence,
         )
     return result
 
@@ -291,6 +305,17 @@ def _by_category(seen, true, positive, names, judge, rounds, seed) -> dict[str, 
     return out
 
 
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion hits / n (z = 1.96: 95 %)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    scale = 1 + z * z / n
+    return (centre - spread) / scale, (centre + spread) / scale
+
+
 def category_thresholds(
     seen: np.ndarray,
     positive: np.ndarray,
@@ -299,12 +324,24 @@ def category_thresholds(
     target: float,
     min_kept: int = MIN_KEPT,
     floor: tuple[float, float] | None = None,
+    *,
+    exclude_unreachable: bool = False,
+    confidence: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per category: the lowest threshold (both scales) whose precision reaches `target` with
     at least `min_kept` items kept (`reached: true`; it may be below the global pair: the
     category is that reliable). A category that never reaches it is never loosened: it gets
     the threshold of its best precision, but not below `floor` (the global pair), and
-    `reached: false`. Too few items: no entry (the category stays on the global pair)."""
+    `reached: false`; with `exclude_unreachable` it is excluded instead (`exclude: true`: the
+    validate stage drops its candidates). Too few items: no entry (the global pair stays).
+
+    `confidence` (e.g. 0.95): precision is judged by its Wilson interval instead of the point
+    estimate, so noise in a small category does not decide: a threshold is chosen only where
+    the interval's lower bound reaches the target, and a category is excluded only where even
+    the upper bound stays below it at every threshold (between the two: not loosened)."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + confidence / 2) if confidence else 0.0
     out: dict[str, dict[str, Any]] = {}
     labels = np.array(names)
     grid = scale.grid(seen)
@@ -312,22 +349,28 @@ def category_thresholds(
         inside = labels == name
         best: tuple[float, float] | None = None  # (precision, threshold)
         chosen = None
+        possible = False  # the target is within reach at some threshold
         for threshold in grid:
             kept = (seen[inside] >= threshold - EPSILON).all(axis=1)
-            if kept.sum() < min_kept:
+            count = int(kept.sum())
+            if count < min_kept:
                 break  # higher thresholds keep even fewer
-            precision = float(positive[inside][kept].mean())
-            if chosen is None and precision >= target:
+            hits = int(positive[inside][kept].sum())
+            precision = hits / count
+            low, high = wilson(hits, count, z) if z else (precision, precision)
+            if chosen is None and low >= target:
                 chosen = float(threshold)
+            possible = possible or high >= target
             if best is None or precision > best[0]:
                 best = (precision, float(threshold))
         if best is None:
             continue
+        exclude = chosen is None and exclude_unreachable and not possible
         if chosen is not None:
             pair = (chosen, chosen)
         else:
-            low = floor or (best[1], best[1])
-            pair = (max(best[1], low[0]), max(best[1], low[1]))
+            low_pair = floor or (best[1], best[1])
+            pair = (max(best[1], low_pair[0]), max(best[1], low_pair[1]))
         kept = (seen[inside] >= np.array(pair) - EPSILON).all(axis=1)
         hits = int((kept & positive[inside]).sum())
         positives = int(positive[inside].sum())
@@ -339,18 +382,27 @@ def category_thresholds(
             "kept": int(kept.sum()),
             "n": int(inside.sum()),
             "reached": chosen is not None,
+            "best_precision": _number(best[0]),
+            "exclude": exclude,
         }
+        if exclude:  # released: nothing of it
+            out[name].update(precision=None, recall=0.0 if positives else None, kept=0)
     return out
 
 
 def threshold_snippet(thresholds: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The `validate.thresholds` config mapping (operation keys only: what validate accepts)."""
+    """The `validate.thresholds` config mapping (operation keys only: what validate accepts);
+    an excluded category is `{exclude: true}`."""
     from nhr import taxonomy
 
     return {
         "validate": {
             "thresholds": {
-                name: {"adherence": entry["adherence"], "aesthetics": entry["aesthetics"]}
+                name: (
+                    {"exclude": True}
+                    if entry.get("exclude")
+                    else {"adherence": entry["adherence"], "aesthetics": entry["aesthetics"]}
+                )
                 for name, entry in thresholds.items()
                 if name in taxonomy.OPERATIONS
             }
@@ -466,7 +518,7 @@ def run_judges(store: Any, items: set[str]) -> tuple[list[Judge], dict[str, str]
     judges = []
     validate = config.validate_
     global_pair = (validate.adherence_threshold, validate.aesthetics_threshold)
-    per_category = {k: (v.adherence, v.aesthetics) for k, v in validate.thresholds.items()}
+    per_category = {k: validate.pair(k) for k in validate.thresholds}  # excluded: (inf, inf)
     sources = [
         (
             "validator",
@@ -601,6 +653,8 @@ def calibrate(
     min_kept: int = MIN_KEPT,
     rounds: int = 1000,
     seed: int = 0,
+    exclude_unreachable: bool = False,
+    confidence: float | None = None,
 ) -> dict[str, Any]:
     """calibration.json: {"judges": {NAME: figures}, "raters": {...}, "positive_above", ...}."""
     from nhr.labels import ground_truth
@@ -610,6 +664,8 @@ def calibrate(
         "items": len(truth),
         "positive_above": positive_above,
         "target_precision": target_precision,
+        "exclude_unreachable": exclude_unreachable,
+        "confidence": confidence,
         "bootstrap": {"rounds": rounds, "seed": seed, "level": 0.95},
         "raters": rater_figures(rows),
         "judges": {
@@ -622,6 +678,8 @@ def calibrate(
                 min_kept=min_kept,
                 rounds=rounds,
                 seed=seed,
+                exclude_unreachable=exclude_unreachable,
+                confidence=confidence,
             )
             for judge in judges
         },
@@ -655,9 +713,19 @@ def write_report(storage: Any, report: dict[str, Any]) -> list[str]:
         if figures.get("category_thresholds"):
             key = f"thresholds-{name}.yaml"
             snippet = threshold_snippet(figures["category_thresholds"])
+            entries = snippet["validate"]["thresholds"]
+            excluded = sorted(k for k, v in entries.items() if v.get("exclude"))
+            note = ""
+            if excluded:
+                note = (
+                    f"# excluded (precision reaches the target at no threshold): "
+                    f"{len(excluded)} of {len(entries)}: {', '.join(excluded)}; their candidates "
+                    "are dropped (category_excluded)\n"
+                )
             text = (
                 f"# per-category thresholds of {name} at precision >= "
                 f"{report['target_precision']} (nhr calibrate); merge into the run config\n"
+                + note
                 + yaml.safe_dump(snippet, sort_keys=True)
             )
             storage.write_bytes(key, text.encode("utf-8"))
@@ -770,6 +838,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             where = (
                 "n/a"
                 if pick is None
+                else "excluded (target unreachable)"
+                if pick.get("exclude")
                 else f"{pick['adherence']:g}" + ("" if pick["reached"] else " (target not reached)")
             )
             lines.append(

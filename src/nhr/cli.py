@@ -179,6 +179,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds")
     calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument(
+        "--exclude-unreachable",
+        action="store_true",
+        help="write {exclude: true} for a category whose precision reaches the target at no "
+        "threshold (validate drops it: category_excluded); default: it keeps the global pair",
+    )
+    calibrate.add_argument(
+        "--confidence",
+        type=float,
+        default=None,
+        help="read precision through its Wilson interval at this level (e.g. 0.95)",
+    )
 
     score = commands.add_parser(
         "score", help="a judge scores a random sample of editing datasets (means, pass rate, CIs)"
@@ -527,6 +539,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         min_kept=args.min_kept,
         rounds=args.bootstrap,
         seed=args.seed,
+        exclude_unreachable=args.exclude_unreachable,
+        confidence=args.confidence,
     )
     default = _inside(store.root, "calibration") if store is not None else "calibration"
     storage = open_storage(args.output or default)

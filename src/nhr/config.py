@@ -12,6 +12,7 @@ in a setting that changes rows already mined.
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from pathlib import Path
@@ -366,10 +367,19 @@ class PrefilterSection(_Section):
 
 
 class CategoryThresholds(_Section):
-    """The keep-rule pair of one category (`validate.thresholds.<operation>`)."""
+    """The keep-rule of one category (`validate.thresholds.<operation>`): its own threshold
+    pair, or `exclude: true` (the judge cannot reach the target precision on it at any
+    threshold, so none of its candidates is released; each is dropped `category_excluded`)."""
 
-    adherence: float = Field(json_schema_extra=affects("validate"))
-    aesthetics: float = Field(json_schema_extra=affects("validate"))
+    adherence: float | None = Field(None, json_schema_extra=affects("validate"))
+    aesthetics: float | None = Field(None, json_schema_extra=affects("validate"))
+    exclude: bool = Field(
+        False,
+        description="drop every candidate of this category (reason category_excluded); "
+        "`nhr calibrate --exclude-unreachable` writes it for categories that cannot reach the "
+        "target precision",
+        json_schema_extra=affects("validate"),
+    )
 
 
 class JudgeOutput(_Section):
@@ -429,6 +439,19 @@ class ValidateSection(_Section):
     def _thresholds_on_scale(self) -> ValidateSection:
         pairs = {"": (self.adherence_threshold, self.aesthetics_threshold)}
         for operation, pair in self.thresholds.items():
+            given = [v for v in (pair.adherence, pair.aesthetics) if v is not None]
+            if pair.exclude:
+                if given:
+                    raise ValueError(
+                        f"validate.thresholds.{operation}: exclude: true takes no adherence or "
+                        "aesthetics threshold (an excluded category keeps nothing)"
+                    )
+                continue
+            if len(given) < 2:
+                raise ValueError(
+                    f"validate.thresholds.{operation}: give both adherence and aesthetics, or "
+                    "exclude: true"
+                )
             pairs[f"thresholds.{operation}."] = (pair.adherence, pair.aesthetics)
         low, high = self.judge.low, self.judge.high
         for prefix, values in pairs.items():
@@ -448,11 +471,19 @@ class ValidateSection(_Section):
         return self
 
     def pair(self, operation: str | None) -> tuple[float, float]:
-        """The (adherence, aesthetics) thresholds for an operation: its own, else the global."""
+        """The (adherence, aesthetics) thresholds for an operation: its own, else the global;
+        (inf, inf) for an excluded operation (nothing reaches it)."""
         own = self.thresholds.get(operation) if operation else None
         if own is not None:
+            if own.exclude:
+                return math.inf, math.inf
             return own.adherence, own.aesthetics
         return self.adherence_threshold, self.aesthetics_threshold
+
+    def excluded(self, operation: str | None) -> bool:
+        """Whether the operation is excluded (`validate.thresholds.<op>.exclude`)."""
+        own = self.thresholds.get(operation) if operation else None
+        return own is not None and own.exclude
 
 
 class InvertSection(_Section):

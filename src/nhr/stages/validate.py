@@ -4,7 +4,9 @@ rejected candidates stay available to the survival curve and threshold analysis.
 
 The thresholds are per operation when `validate.thresholds` names it (judges are better at
 some categories than others; `nhr calibrate --target-precision` finds the pair that reaches a
-precision per category), else the global pair. How the validator is asked and read (prompt,
+precision per category), else the global pair. A category set to `exclude: true` (one the
+judge cannot reach the target precision on at any threshold: `nhr calibrate
+--exclude-unreachable`) is scored and then dropped with the reason `category_excluded`. How the validator is asked and read (prompt,
 parser, scale) is `validate.judge`; the same requests and parsing serve backward, compose and
 `nhr calibrate --judge` / `nhr score`, so a judge is measured exactly as it is used.
 """
@@ -137,7 +139,11 @@ class ValidateStage:
                 ctx.stats.fail(result.reason)
             else:
                 row["adherence"], row["aesthetics"] = result
-                if passes(ctx, *result, candidate.get("operation")):
+                if ctx.config.validate_.excluded(candidate.get("operation")):
+                    # scored all the same: the scores stay for the next calibration
+                    row.update(status=DROPPED, reason="category_excluded")
+                    ctx.stats.drop("category_excluded")
+                elif passes(ctx, *result, candidate.get("operation")):
                     ctx.stats.rows_out += 1
                 else:
                     row.update(status=DROPPED, reason="below_threshold")
