@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ import nhr
 from helpers import mine_command
 from nhr.cli import main
 from nhr.lock import LEASE_KEY, LeaseLostError, ObjectLease
-from nhr.storage import ObjectStorage, open_storage
+from nhr.storage import ObjectStorage, StorageSetupError, open_storage
 from nhr.store import RunStore
 
 pytest.importorskip("s3fs")
@@ -101,7 +102,7 @@ def test_a_missing_storage_driver_says_which_extra(monkeypatch):
         raise ImportError("Install s3fs to access S3", name="s3fs")
 
     monkeypatch.setattr(fsspec.core, "url_to_fs", no_driver)
-    with pytest.raises(Exception, match=r"pip install 'nhr\[s3\]'"):
+    with pytest.raises(StorageSetupError, match=r"pip install 'nhr\[s3\]'"):
         RunStore("s3://bucket/run")
 
 
@@ -242,6 +243,23 @@ def test_missing_credentials_are_one_clear_error(s3_server, tmp_path):
         and "AWS_ACCESS_KEY_ID" in done.stderr
     )
     assert done.stderr.count("\n") == 1
+
+
+def test_an_unreachable_object_store_is_one_clear_error(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    env = {**os.environ, "AWS_ENDPOINT_URL": dead, "AWS_MAX_ATTEMPTS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "nhr.cli", "status", "s3://some-bucket/run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("nhr: error: s3://some-bucket/run/")
+    assert "cannot reach the object store" in done.stderr and done.stderr.count("\n") == 1
 
 
 def test_an_expired_lease_is_taken_over(bucket, small_config, tmp_path):

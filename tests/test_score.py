@@ -233,3 +233,12 @@ def test_a_hub_dataset_is_streamed_through_the_datasets_library(monkeypatch, tri
     assert asked == {"name": "osunlp/MagicBrush", "split": "dev", "streaming": True}
     assert (name, len(samples), total) == ("osunlp__MagicBrush:dev", 8, -1)
     assert all(check_image(s.edited) is None for s in samples)
+
+
+def test_a_missing_local_dataset_is_one_clear_error(tmp_path, capsys):
+    from nhr.cli import main
+
+    missing = str(tmp_path / "nothing.parquet")
+    assert main(["score", missing, "--judge", "configs/quickstart.yaml"]) == 2
+    error = capsys.readouterr().err
+    assert error == f"nhr: error: {missing}: no such file or folder\n"

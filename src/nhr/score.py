@@ -138,6 +138,9 @@ def read_sample(
     The samples are read as they are iterated, so a large sample is never all in memory."""
     path = Path(spec)
     random = np.random.default_rng(seed)
+    looks_local = path.suffix in (".parquet", ".tar") or spec.startswith(("/", ".", "~"))
+    if looks_local and not path.exists():
+        raise ValueError(f"{spec}: no such file or folder")
     if path.is_dir() and any(path.glob("metadata.*")):
         return path.name, *_imagefolder(path, count, random, columns)
     if path.suffix == ".tar" or (path.is_dir() and any(path.glob("*.tar"))):

@@ -27,6 +27,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+# Connection failures of the object-store SDKs (botocore, aiohttp), by class name so that
+# neither needs importing here; the SDKs have already retried them.
+UNREACHABLE = {
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ClientConnectorError",
+    "ServerTimeoutError",
+}
+
 # fsspec protocol -> the extra that brings its implementation
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 
@@ -47,6 +57,12 @@ def open_storage(location: str | Path) -> Storage:
     if isinstance(location, str) and location.startswith("file://"):
         location = location[len("file://") :]
     return LocalStorage(Path(location))
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, shortened, for one-line messages."""
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
 
 
 def join(*parts: str) -> str:
@@ -376,6 +392,12 @@ class ObjectStorage(Storage):
             raise
         except Exception as error:
             name = type(error).__name__
+            if name in UNREACHABLE:
+                raise StorageSetupError(
+                    f"{self.where(key)}: cannot reach the object store ({first_line(error)}); "
+                    "check the endpoint (AWS_ENDPOINT_URL for S3-compatible stores) and the "
+                    "network, then run the same command again: finished work is kept"
+                ) from None
             if name in ("NoCredentialsError", "PartialCredentialsError"):
                 raise StorageSetupError(
                     f"{self.where(key)}: no credentials for object storage; set them in the "

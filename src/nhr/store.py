@@ -35,12 +35,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from nhr.storage import (  # noqa: F401  (file_mode, dir_mode: used by lock and tests)
+from nhr.storage import (  # noqa: F401  (file_mode, dir_mode, first_line: used elsewhere)
     LocalStorage,
     Storage,
     atomic_write_bytes,
     dir_mode,
     file_mode,
+    first_line,
     open_storage,
 )
 
@@ -390,8 +391,3 @@ def parse_table(where: Path | str, data: bytes) -> pa.Table:
         return pq.read_table(pa.BufferReader(data))
     except pa.ArrowException as error:  # a permission or disk problem is an OSError, kept
         raise RunDirError(where, f"damaged table ({first_line(error)})") from None
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from nhr.storage import first_line
 from nhr.train.errors import TrainError
 
 # Linear layers a LoRA adapts, by module-name suffix; only those the model has are used.
@@ -185,7 +186,7 @@ def pipeline_class_of(model: str) -> str:
     try:
         index = diffusers.DiffusionPipeline.load_config(model)
     except Exception as error:
-        raise TrainError(f"cannot read {model}/model_index.json: {error}") from error
+        raise TrainError(f"cannot read {model}/model_index.json: {first_line(error)}") from error
     return str(index.get("_class_name"))
 
 
