@@ -219,6 +219,18 @@ def test_status_shows_who_mines_an_s3_run(s3_run, capsys):
         assert main(["export", url]) == 0
 
 
+def status_in_a_fresh_process(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`nhr status s3://some-bucket/run` in a new process with this environment (SDK clients
+    and credentials are cached per process)."""
+    return subprocess.run(
+        [sys.executable, "-m", "nhr.cli", "status", "s3://some-bucket/run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
 def test_missing_credentials_are_one_clear_error(s3_server, tmp_path):
     env = {
         k: v
@@ -230,13 +242,7 @@ def test_missing_credentials_are_one_clear_error(s3_server, tmp_path):
         AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
         AWS_EC2_METADATA_DISABLED="true",
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "nhr.cli", "status", "s3://some-bucket/run"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    done = status_in_a_fresh_process(env)
     assert done.returncode == 2
     assert (
         done.stderr.startswith("nhr: error: s3://some-bucket/run/")
@@ -250,13 +256,7 @@ def test_an_unreachable_object_store_is_one_clear_error(tmp_path):
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
     env = {**os.environ, "AWS_ENDPOINT_URL": dead, "AWS_MAX_ATTEMPTS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "nhr.cli", "status", "s3://some-bucket/run"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    done = status_in_a_fresh_process(env)
     assert done.returncode == 2
     assert done.stderr.startswith("nhr: error: s3://some-bucket/run/")
     assert "cannot reach the object store" in done.stderr and done.stderr.count("\n") == 1
