@@ -208,3 +208,14 @@ def test_run_executor_in_yaml_is_checked(tmp_path, small_config):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(small_config(run={"executor": "spark"}), sort_keys=False))
     check_usage_error(nhr("mine", str(config), "--run-dir", str(tmp_path / "run")), "executor")
+
+
+def test_a_reader_that_goes_away_is_no_traceback(mined):
+    """`nhr report RUN | head`: the pipe closes early; nhr stops quietly with 141 (SIGPIPE)."""
+    run_dir, _ = mined
+    command = f"'{sys.executable}' -m nhr.cli report '{run_dir}'; echo \"rc=$?\" >&2"
+    done = subprocess.run(
+        ["sh", "-c", f"({command}) | true"], capture_output=True, text=True, timeout=300
+    )
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().endswith(("rc=141", "rc=0")), done.stderr  # 0: all written first

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -740,6 +741,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         print("nhr: interrupted; run the same command again to resume", file=sys.stderr)
         return 143 if isinstance(interrupt, _Terminated) else 130
+    except BrokenPipeError:
+        # the reader went away (`nhr report RUN | head`): stop quietly, as other tools do;
+        # stdout goes to /dev/null so the interpreter's final flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as error:
         message = _os_error_message(error)
         if message is None:
