@@ -7,6 +7,17 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+# Headless Chromium without the background services that would reach the network.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
 
 def table_rows(run_dir, stage):
     files = sorted((run_dir / "stages" / stage).glob("shard-*.parquet"))

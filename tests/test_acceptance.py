@@ -2,7 +2,7 @@
 
 One full quickstart run (about 30 s here) is shared by these tests. Its judges are the
 simulator's realistic profiles (docs/simulator.md), so the figures are the reference run's
-(NHR-METHOD §5 of the paper's Table 2), measured against the simulator's ground truth.
+(docs/method.md §5, the paper's Table 2), measured against the simulator's ground truth.
 """
 
 import json
@@ -66,7 +66,7 @@ def test_released_per_forward_ratio_is_at_least_two(quickstart):
     assert "Released / forward triplets" in (run_dir / "report" / "report.md").read_text()
 
 
-REFERENCE_CHANGE = {  # the paper's Table 2 (NHR-METHOD §5)
+REFERENCE_CHANGE = {  # the paper's Table 2 (docs/method.md §5)
     "plausibility gate": -0.560,
     "pre-filter (VLM)": -0.570,
     "low-level check": -0.030,

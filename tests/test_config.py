@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from nhr.backends.sim import SimBackendConfig
-from nhr.config import ROLES, ConfigError, load_config, parse_config
+from nhr.config import REQUIRED_ROLES, ROLES, ConfigError, load_config, parse_config
 
 SIM_ROLES = {role: {"backend": "sim"} for role in ROLES}
 
@@ -94,9 +94,11 @@ def test_every_role_must_be_given():
 
 def test_models_sim_is_every_role_on_the_simulator_and_is_written_out():
     config = parse_config({"models": "sim"})
-    assert all(getattr(config.models, role) == SimBackendConfig() for role in ROLES)
+    assert all(getattr(config.models, role) == SimBackendConfig() for role in REQUIRED_ROLES)
     written = config.to_dict()["models"]
     assert set(written) == set(ROLES) and written["inverter"]["backend"] == "sim"
+    # optional roles stay unset unless a setting uses them
+    assert all(written[role] is None for role in set(ROLES) - set(REQUIRED_ROLES))
     with pytest.raises(ConfigError, match="or `models: sim`"):
         parse_config({"models": "simulator"})
 

@@ -285,18 +285,7 @@ def test_export_to_object_storage_writes_the_same_files(mined, bucket, exports):
     assert written == folder_bytes(exports("qwen-edit-lora"))
 
 
-def test_push_to_hub_uploads_through_datasets(mined, tmp_path, monkeypatch, hf_cache):
-    datasets = pytest.importorskip("datasets")
-    pushed = {}
-
-    def fake_push(self, repo_id, *args, **kwargs):  # stands in for the Hub: no network
-        pushed[repo_id] = {split: len(self[split]) for split in self}
-
-    monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", fake_push)
-    argv = ["export", str(mined[0]), "--format", "hf", "--split-test", str(SHARE)]
-    assert main([*argv, "--output", str(tmp_path / "hf"), "--push-to-hub", "me/triplets"]) == 0
-    manifest = json.loads((tmp_path / "hf" / "nhr-export.json").read_text())
-    assert pushed == {"me/triplets": {s: n for s, n in manifest["rows"].items() if n}}
+# --push-to-hub: tests/test_dataset_card.py (a local stand-in Hub)
 
 
 @pytest.mark.parametrize(

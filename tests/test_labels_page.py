@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from helpers import CHROMIUM_FLAGS
 from nhr import records
 from nhr.label_sample import run_sample
 from nhr.label_server import RatingSession, make_server, rater_key
@@ -58,13 +59,7 @@ class Browser:
         self.process = subprocess.Popen(
             [
                 chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
+                *CHROMIUM_FLAGS,
                 "--remote-debugging-port=0",
                 f"--user-data-dir={profile}",
                 "about:blank",

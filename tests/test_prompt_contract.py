@@ -25,6 +25,7 @@ from nhr.stages.design import design_request
 from nhr.stages.invert import inverse_request
 from nhr.stages.plausibility import PlausibilityStage
 from nhr.stages.prefilter import PrefilterStage
+from nhr.stages.select import SelectStage
 from nhr.stages.validate import score_requests
 from nhr.store import ImageStore
 
@@ -123,11 +124,42 @@ def render_prefilter(task: str):
     return render
 
 
+def render_describe(tmp_path) -> list:
+    from nhr.stages.photo_design import describe_request
+
+    ctx = context(tmp_path, Recorder())
+    return [describe_request(ctx, png(10), "photo-00000.png")]
+
+
+def render_design_image(tmp_path) -> list:
+    from nhr.stages.photo_design import design_request as photo_design_request
+
+    ctx = context(tmp_path, Recorder())
+    return [photo_design_request(ctx, PROMPT, "photo-00000.png")]
+
+
+def render_pairwise(tmp_path) -> list:
+    """select.best_of: pairwise compares two passing candidates of a pair, in both orders."""
+    recorder = Recorder()
+    ctx = context(tmp_path, recorder, select={"best_of": "pairwise"})
+    first = {**candidate(ctx), "prompt_id": "p0", "composite": False, "width": 16, "height": 16}
+    second = {**first, "candidate_id": "c1", "edited_image": ctx.images.put(png(120))}
+    scores = [
+        {"candidate_id": c["candidate_id"], "adherence": 5.0, "aesthetics": 5.0, "status": "ok"}
+        for c in (first, second)
+    ]
+    SelectStage(ctx.config).run(ctx, {"edit": [first, second], "validate": scores})
+    return recorder.requests
+
+
 # template file -> (how the stages render it, the task the simulator must recognise)
 CONTRACT = {
     "design": (render_design, "design"),
     "invert": (render_invert, "invert"),
+    "describe": (render_describe, "describe"),
+    "design_image": (render_design_image, "design_image"),
     "score": (render_score, "score"),
+    "pairwise": (render_pairwise, "pairwise"),
     "gate": (render_gate, "gate"),
     "unwanted": (render_prefilter("unwanted"), "unwanted"),
     "aesthetic": (render_prefilter("aesthetic"), "aesthetic"),
@@ -175,18 +207,19 @@ def test_the_simulator_recognises_every_template(tmp_path, name):
     [
         ("score", "Instruction:", "Edit request:"),
         ("unwanted", "yes or no", "true or false"),
+        ("pairwise", '"BetterEdit"', '"Winner"'),
     ],
 )
 def test_a_reworded_key_phrase_breaks_the_contract(
     tmp_path, monkeypatch, template, marker, reworded
 ):
     """What this contract protects: a template that loses its marker is no longer recognised."""
-    from nhr.stages import base, prefilter
+    from nhr.stages import base, prefilter, select
 
     original = base.template(template)
     assert marker in original
     changed = original.replace(marker, reworded)
-    for module in (validate, prefilter):
+    for module in (validate, prefilter, select):
         monkeypatch.setattr(
             module, "template", lambda name: changed if name == template else base.template(name)
         )

@@ -16,6 +16,7 @@ import base64
 import io
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -214,3 +215,136 @@ def test_outside_triplets_export_without_a_run(tmp_path):
     prompts = {score_prompt(f"Paint the square green {n}") for n in range(12)}
     assert first["messages"][0]["content"][2]["text"] in prompts
     check_target(first["messages"][1]["content"], (3.5, 4.0))
+
+
+def outside_labels(tmp_path, items=12):
+    """Outside triplets (no run) rated by two raters: (labels path, truth of each instruction)."""
+    folder = tmp_path / "images"
+    folder.mkdir(exist_ok=True)
+    rows = []
+    for n in range(items):
+        Image.new("RGB", (32, 32), (n, 0, 0)).save(folder / f"src{n}.png")
+        Image.new("RGB", (32, 32), (10, 200, n)).save(folder / f"edit{n}.png")
+        for rater in ("ann", "ben"):
+            rows.append(
+                {
+                    "source_image": f"images/src{n}.png",
+                    "edited_image": f"images/edit{n}.png",
+                    "instruction": f"Paint the square green {n}",
+                    "rater": rater,
+                    "instruction_score": 5.0,
+                    "aesthetics_score": 3.0,
+                }
+            )
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_the_examples_speak_the_configured_judges_prompt_and_scale(tmp_path, capsys):
+    """--judge: the judge's own prompt with the instruction, and the bias-corrected truth
+    mapped onto its scale in the answer its parser reads (VIEScore-style on 0-25 here); the
+    split records that judge. --prompt replaces only the prompt."""
+    from nhr.calibrate import load_judge_config
+    from nhr.stages.validate import parse_viescore
+
+    labels = outside_labels(tmp_path)
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "judges" / "editscore-7b.yaml")
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "export-tuning",
+                str(labels),
+                "--format",
+                "openai",
+                "--output",
+                str(out),
+                "--judge",
+                config,
+            ]
+        )
+        == 0
+    )
+    judge = load_judge_config(config).validate_.judge
+    example = lines(out / "train.jsonl")[0]["messages"]
+    prompt = example[0]["content"][2]["text"]
+    assert prompt.startswith(judge.prompt.split("$instruction")[0])
+    assert "Instruction: Paint the square green" in prompt and "$instruction" not in prompt
+    answer = example[1]["content"]
+    assert json.loads(answer) == {"score": [25.0, 25.0, 12.5, 12.5]}
+    assert parse_viescore(answer, 0.0, 25.0) == (25.0, 12.5)
+    assert json.loads((out / "split.json").read_text())["judge"]["high"] == 25.0
+
+    template = tmp_path / "mine.txt"
+    template.write_text("Rate this edit: $instruction. Answer JSON.")
+    out = tmp_path / "out2"
+    assert (
+        main(
+            [
+                "export-tuning",
+                str(labels),
+                "--format",
+                "openai",
+                "--output",
+                str(out),
+                "--prompt",
+                str(template),
+            ]
+        )
+        == 0
+    )
+    example = lines(out / "train.jsonl")[0]["messages"]
+    assert example[0]["content"][2]["text"].startswith("Rate this edit: Paint the square green")
+    check_target(example[1]["content"], (5.0, 3.0))
+
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "export-tuning",
+                str(labels),
+                "--format",
+                "openai",
+                "--output",
+                str(tmp_path / "out3"),
+                "--prompt",
+                "no-such-template",
+            ]
+        )
+        == 2
+    )
+    assert "no-such-template" in capsys.readouterr().err
+    assert not (tmp_path / "out3").exists()
+
+
+def test_calibrate_compares_the_tuned_judge_with_the_base_one_on_the_held_out_split(
+    rated_run, tmp_path, capsys
+):
+    """The loop's last step: the held-out ratings of an export go to `nhr calibrate` with the
+    base and the tuned judge; one report row per judge, as in the paper's Table 1, on exactly
+    the held-out items, and the tuned judge (the simulator's tuned-Gemini profile) is closer to
+    the ratings than the base one (the vanilla Gemini profile)."""
+    import yaml
+
+    out = tmp_path / "export"
+    assert main(["export-tuning", str(rated_run), "--format", "openai", "--output", str(out)]) == 0
+    held = json.loads((out / "split.json").read_text())["validation"]
+    judges = []
+    for name, profile in (("base", "gemini-2.0-flash"), ("tuned", "tuned-gemini-2.0-flash")):
+        path = tmp_path / f"{name}.yaml"
+        model = {"backend": "sim", "model": f"sim-{name}", "judge": profile}
+        path.write_text(yaml.safe_dump({"models": {"validator": model}}))
+        judges += ["--judge", str(path)]
+    report_dir = tmp_path / "report"
+    args = ["calibrate", str(out / "labels-validation.parquet"), "--run", str(rated_run)]
+    capsys.readouterr()
+    assert main([*args, *judges, "--output", str(report_dir), "--bootstrap", "50"]) == 0
+    report = json.loads((report_dir / "calibration.json").read_text())
+    assert report["items"] == len(held)
+    base, tuned = report["judges"]["base"], report["judges"]["tuned"]
+    assert base["n"] == tuned["n"] == len(held)
+    assert tuned["instruction"]["mae"] < base["instruction"]["mae"]
+    table = (report_dir / "calibration.md").read_text()
+    assert "| judge | n | MAE instr | rho instr | MAE aes | rho aes |" in table
+    assert "| base |" in table and "| tuned |" in table

@@ -54,7 +54,13 @@ def mine(
     RAY_ADDRESS) picks the cluster; with neither, a local Ray instance is started."""
     from nhr.config import ConfigError, NhrConfig, parse_config
     from nhr.lock import run_lock
-    from nhr.run import create_executor, prepare_run_dir
+    from nhr.run import (
+        SETUP_ERRORS,
+        check_redo_from,
+        create_executor,
+        discard_unused_run,
+        prepare_run_dir,
+    )
     from nhr.store import RunStore
 
     if isinstance(config, (str, Path)):
@@ -74,18 +80,25 @@ def mine(
 
         run_preflight(config)
     executor = executor or config.run.executor
+    check_redo_from(config, redo_from)  # before anything is created
     store = RunStore(run_dir)
-    with run_lock(store):  # one miner per run directory: a flock, or a lease on object storage
-        # first, so a missing extra stops the run before the run directory is touched
-        runner = create_executor(
-            executor, config, store, show_progress=progress, ray_address=ray_address
-        )
-        try:
-            prepare_run_dir(store, config, redo_from)
-        except BaseException:
-            runner.close()
-            raise
-        return runner.run()
+    existed = store.storage.exists("")
+    try:
+        with run_lock(store):  # one miner per run directory: a flock, or a lease
+            # first, so a missing extra stops the run before the run directory is touched
+            runner = create_executor(
+                executor, config, store, show_progress=progress, ray_address=ray_address
+            )
+            try:
+                prepare_run_dir(store, config, redo_from)
+            except BaseException:
+                runner.close()
+                raise
+            return runner.run()
+    except SETUP_ERRORS:
+        if not existed:
+            discard_unused_run(store)  # a run that could not start leaves no directory
+        raise
 
 
 __all__ = ["__version__", "load_config", "mine"]

@@ -20,13 +20,21 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nhr", description="Mine image-editing triplets with no human in the loop."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    from nhr import __version__
+
+    parser.add_argument("--version", action="version", version=f"nhr {__version__}")
+    _add_global_options(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     mine = commands.add_parser("mine", help="mine a dataset (resumes an existing run directory)")
     mine.add_argument("config", help="YAML run config, e.g. configs/quickstart.yaml")
     mine.add_argument("--run-dir", help="where the run lives (overrides run.run_dir)")
-    mine.add_argument("--prompts", type=int, help="number of prompts to design (run.prompts)")
+    mine.add_argument(
+        "--prompts",
+        type=_positive_int,
+        help="number of prompts to design (run.prompts); above a finished run's count, the "
+        "run grows: new shards are mined, finished ones kept",
+    )
     mine.add_argument("--seed", type=int, help="master seed (run.seed)")
     mine.add_argument(
         "--redo-from", metavar="STAGE", help="recompute this stage and every stage after it"
@@ -58,7 +66,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dir")
     report.add_argument(
-        "--target", type=int, default=100_000, help="dataset size for the compute estimate"
+        "--target",
+        type=_positive_int,
+        default=100_000,
+        help="dataset size for the compute estimate (at least 1)",
     )
 
     doctor = commands.add_parser(
@@ -89,7 +100,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--mini", type=int, metavar="N", help="a balanced subset of N rows")
     export.add_argument("--seed", type=int, default=0, help="seed of the split and --mini")
-    export.add_argument("--push-to-hub", metavar="REPO", help="--format hf: upload to the Hub")
+    export.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="then upload the dataset (RUN/dataset, or --format hf) and its card to this Hub "
+        "dataset repository (token: HF_TOKEN or `huggingface-cli login`)",
+    )
+    export.add_argument(
+        "--private", action="store_true", help="with --push-to-hub: create a private repository"
+    )
 
     verify = commands.add_parser(
         "verify", help="check every table, image and the dataset of a run (exit 1 on damage)"
@@ -141,6 +160,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "--image-uri-prefix",
         metavar="URI",
         help="vertex-gemini: the gs:// folder DIR will be uploaded to",
+    )
+    tuning.add_argument(
+        "--judge",
+        metavar="CONFIG",
+        help="write the examples for this config's judge (validate.judge: prompt, parser, "
+        "scale); default: the labels' run's judge, else the paper's",
+    )
+    tuning.add_argument(
+        "--prompt",
+        metavar="PROMPT",
+        help="replace the judge's prompt: a template name of nhr, a file, or the text with "
+        "$instruction",
     )
 
     calibrate = commands.add_parser(
@@ -262,7 +293,36 @@ def _build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--max-sequence-length", type=int, metavar="N")
     lora.add_argument("--warmup-steps", type=int, default=0)
     lora.add_argument("--cpu", action="store_true", help="train on the CPU (tests)")
+    # -v / -q also after the command (`nhr mine CONFIG -v`)
+    for command in [*commands.choices.values(), *trainers.choices.values()]:
+        _add_global_options(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """-v and -q; a command's copy defaults to SUPPRESS so it never hides the one given
+    before the command."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="log what happens"
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="errors only: no warnings, no progress",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -315,11 +375,15 @@ def _mine(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or config.run.run_dir
     if not run_dir:
         raise _UsageError("no run directory: pass --run-dir or set run.run_dir in the config")
+    if not args.quiet:
+        notice = _large_run_notice(config, run_dir)
+        if notice:
+            print(notice, file=sys.stderr)
     result = nhr.mine(
         config,
         run_dir,
         redo_from=args.redo_from,
-        progress=not args.no_progress,
+        progress=not (args.no_progress or args.quiet),
         preflight=not args.skip_preflight,
         executor=args.executor,
         ray_address=args.ray_address,
@@ -331,6 +395,67 @@ def _mine(args: argparse.Namespace) -> int:
         print(_nothing_mined(result.stats), file=sys.stderr)
         return EXIT_NOTHING_MINED
     return 0
+
+
+# Above this many prompts, `nhr mine` first prints the model calls to expect per role.
+LARGE_RUN_PROMPTS = 1_000
+
+
+def _large_run_notice(config, run_dir: str) -> str | None:
+    """The compute estimate up front: expected model calls per role (per stage, with its
+    roles, when the run directory holds a finished smaller run to scale from)."""
+    if config.run.prompts <= LARGE_RUN_PROMPTS:
+        return None
+    prompts = config.run.prompts
+    measured = _measured_calls(config, run_dir)
+    if measured is not None:
+        source, calls = measured
+    else:
+        from nhr.analysis.estimate import reference_calls
+
+        source = "the reference run's survival rates (docs/method.md §5), this config's N, M, B"
+        calls = reference_calls(config, prompts)
+    lines = [f"nhr: {prompts:,} prompts; model calls to expect, from {source}:"]
+    lines += [f"  {name:<24}{count:>14,}" for name, count in calls.items()]
+    if measured is None and "editor" in calls:  # 3,072,385 attempts, 720,088 released
+        released = round(calls["editor"] * 720_088 / 3_072_385)
+        lines.append(f"  about {released:,} released triplets at the reference's yield")
+    lines.append("  (before retries; `nhr report RUN --target N` estimates from a finished run)")
+    return "\n".join(lines)
+
+
+def _measured_calls(config, run_dir: str) -> tuple[str, dict[str, int]] | None:
+    """Calls per stage of the finished run in `run_dir`, scaled to this config's prompts."""
+    import json
+
+    from nhr.analysis.estimate import design_batches
+    from nhr.config import ConfigError, parse_config
+    from nhr.pipeline import build_stages
+    from nhr.storage import StorageSetupError
+    from nhr.store import RunDirError, RunStore
+
+    try:
+        store = RunStore(run_dir)
+        stats = json.loads(store.storage.read_bytes("report/stats.json"))
+        old = parse_config(store.read_config() or {})
+    except (OSError, ValueError, ConfigError, StorageSetupError, RunDirError):
+        return None  # no finished run there to scale from: the reference rates are used
+    if not stats.get("complete"):
+        return None
+    scale = config.run.prompts / old.run.prompts
+    roles = {stage.name: stage.roles for stage in build_stages(config)}
+    calls = {}
+    for stage in stats["stages"]:
+        if not stage.get("model_calls") or stage["stage"] not in roles:
+            continue
+        factor = scale
+        if stage["stage"] == "design":
+            factor = design_batches(config, config.run.prompts) / design_batches(
+                old, old.run.prompts
+            )
+        label = f"{stage['stage']} ({', '.join(roles[stage['stage']])})"
+        calls[label] = round(stage["model_calls"] * factor)
+    return f"this run's {old.run.prompts:,} mined prompts, scaled", calls
 
 
 def _nothing_mined(stats: dict) -> str:
@@ -364,7 +489,8 @@ def _report(args: argparse.Namespace) -> int:
 
     store = _existing_run(args.run_dir)
     summary = build_report(store.root, target=args.target)
-    state = "finished run" if summary["complete"] else "run still in progress (partial numbers)"
+    # finished, mining (a live miner holds the lock) or stopped (resume with `nhr mine`)
+    state = f"{summary['state']} run" + ("" if summary["complete"] else " (partial numbers)")
     print(f"report for the {state}: {store.where('report/index.html')}")
     for row in summary["survival"]:
         change = "" if row["change"] is None else f"{row['change']:+.1%}"
@@ -387,9 +513,11 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.private and not args.push_to_hub:
+        raise _UsageError("--private goes with --push-to-hub REPO")
     if args.format is not None:
         return _export_format(args)
-    options = {"--output": args.output, "--mini": args.mini, "--push-to-hub": args.push_to_hub}
+    options = {"--output": args.output, "--mini": args.mini}
     given = [flag for flag, value in options.items() if value is not None]
     if given:
         raise _UsageError(f"{given[0]} needs --format (hf, webdataset, ip2p, ...)")
@@ -410,6 +538,20 @@ def _export(args: argparse.Namespace) -> int:
         # the old dataset and its marker stay until the new dataset is complete
         result = executor.run(reexport=True)
     print(f"exported {result.stats['dataset']['rows']} triplets to {store.where('dataset')}")
+    if args.push_to_hub:
+        from nhr.exports import ExportError
+        from nhr.exports.parquet import push_to_hub
+
+        try:
+            push_to_hub(
+                store.where("dataset"),
+                args.push_to_hub,
+                {"train": result.stats["dataset"]["rows"]},
+                private=args.private,
+            )
+        except ExportError as error:
+            raise _UsageError(str(error)) from None
+        print(f"pushed to the Hub dataset {args.push_to_hub}")
     return 0
 
 
@@ -425,6 +567,7 @@ def _export_format(args: argparse.Namespace) -> int:
             mini=args.mini,
             seed=args.seed,
             hub_repo=args.push_to_hub,
+            private=args.private,
         )
     except ExportError as error:
         raise _UsageError(str(error)) from None
@@ -487,6 +630,7 @@ def _label(args: argparse.Namespace) -> int:
 
 
 def _export_tuning(args: argparse.Namespace) -> int:
+    from nhr.config import ConfigError
     from nhr.labels import LabelsError
     from nhr.tuning_export import TuningExportError, export_tuning
 
@@ -501,8 +645,10 @@ def _export_tuning(args: argparse.Namespace) -> int:
             validation_share=args.validation_share,
             seed=args.seed,
             image_uri_prefix=args.image_uri_prefix,
+            judge_config=args.judge,
+            prompt=args.prompt,
         )
-    except (LabelsError, TuningExportError) as error:
+    except (LabelsError, TuningExportError, ConfigError) as error:
         raise _UsageError(str(error)) from None
     print(
         f"{summary['format']}: {summary['train']} train and {summary['validation']} validation "
@@ -712,8 +858,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     handlers = {
@@ -737,7 +884,9 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
-        return handlers[args.command](args)
+        status = handlers[args.command](args)
+        sys.stdout.flush()  # here, where a reader gone away is handled, not at exit
+        return status
     except KeyboardInterrupt as interrupt:
         print("nhr: interrupted; run the same command again to resume", file=sys.stderr)
         return 143 if isinstance(interrupt, _Terminated) else 130

@@ -13,6 +13,7 @@ in a setting that changes rows already mined.
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -29,6 +30,7 @@ from nhr.backends.configs import (
     OpenAIBackendConfig,
     TransformersBackendConfig,
     affects,
+    affects_role,
     effect_of,
     operational,
 )
@@ -107,6 +109,30 @@ class BriefSection(_Section):
         "batches cycle through them, an operation of weight w getting w batches per cycle",
         json_schema_extra=affects("design"),
     )
+    target_mix: dict[str, float] | None = Field(
+        None,
+        description="share of released triplets per operation (brief.operations keys, shares "
+        "summing to 1; an operation left out gets no pairs); needs schedule.policy: adaptive "
+        "and a schedule.budget",
+        json_schema_extra=affects("schedule"),
+    )
+
+    @model_validator(mode="after")
+    def _target_mix_shares(self) -> BriefSection:
+        if self.target_mix is None:
+            return self
+        unknown = [op for op in self.target_mix if op not in self.operations]
+        if unknown:
+            raise ValueError(
+                f"target_mix names {unknown}, which are not in brief.operations "
+                f"({', '.join(self.operations)})"
+            )
+        if any(not math.isfinite(v) or v < 0 for v in self.target_mix.values()):
+            raise ValueError("target_mix shares must be numbers >= 0")
+        total = sum(self.target_mix.values())
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"target_mix shares must sum to 1 (they sum to {total:g})")
+        return self
 
     @field_validator("operations")
     @classmethod
@@ -142,9 +168,26 @@ class ModelsSection(_Section):
     prefilter: ModelConfig
     validator: ModelConfig
     inverter: ModelConfig
+    # Optional roles: null unless a setting uses them (then a config error names the role).
+    second_validator: ModelConfig | None = Field(
+        None,
+        description="the second judge of validate.second_judge; null when it is off. On "
+        "--executor ray it loads in the validator's actors (the validate stage's pool)",
+        json_schema_extra=affects_role(),
+    )
+    describer: ModelConfig | None = Field(
+        None,
+        description="a vision model that describes each source photo for the designer, "
+        "inverter and gate (sources.kind: images); null otherwise",
+        json_schema_extra=affects_role(),
+    )
 
 
 ROLES: tuple[str, ...] = tuple(ModelsSection.model_fields)
+# The roles `models: sim` fills in; an optional role is filled only when a setting uses it.
+REQUIRED_ROLES: tuple[str, ...] = tuple(
+    name for name, field in ModelsSection.model_fields.items() if field.is_required()
+)
 ALL_SIM = "sim"  # `models: sim`
 
 
@@ -204,7 +247,7 @@ class DesignSection(_Section):
     )
 
 
-# The 26 ~1 MP buckets of NHR-METHOD §6: W and H multiples of 64 between 640 and 1600
+# The 26 ~1 MP buckets of docs/method.md §6: W and H multiples of 64 between 640 and 1600
 # (640x1600 ... 1600x640), non-square, area between 0.95 and 1.07 of 1024x1024. The published
 # text gives only the count and the range; this is the rule that reproduces both.
 def _default_buckets() -> list[tuple[int, int]]:
@@ -257,6 +300,72 @@ class GenerateSection(_Section):
         return value
 
 
+class SourcesSection(_Section):
+    """Where the source images come from (README "Mining from your own photos"): a generator
+    drawing the designed prompts (generate), or the user's photos (images), which a describer
+    describes and the designer writes edits for (nhr/sources.py, nhr/stages/photo_design.py)."""
+
+    kind: Literal["generate", "images"] = Field(
+        "generate",
+        description="generate: text-to-image from designed prompts; images: the photos at "
+        "sources.path",
+        json_schema_extra=affects("design"),
+    )
+    path: str | None = Field(
+        None,
+        description="images: a folder of image files, an imagefolder (metadata.jsonl), a "
+        "Parquet file or folder, or a Hugging Face dataset id (ID or ID:SPLIT)",
+        json_schema_extra=affects("design"),
+    )
+    column: str = Field(
+        "image",
+        description="images: the column holding the image in a dataset (an imagefolder "
+        "without it uses file_name)",
+        json_schema_extra=affects("design"),
+    )
+    license_column: str = Field(
+        "license",
+        description="images: the dataset column carried into the export as each source's "
+        "licence, when the dataset has it",
+        json_schema_extra=affects("design"),
+    )
+    sample: int | None = Field(
+        None,
+        ge=1,
+        description="images: draw this many items (seeded by run.seed); unset: all of them",
+        json_schema_extra=affects("design"),
+    )
+    min_side: int = Field(
+        512,
+        ge=16,
+        description="images: a photo whose shorter side is below this is rejected (too_small)",
+        json_schema_extra=affects("design"),
+    )
+    max_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="images: a photo with more pixels is rejected unread (oversized_image: a "
+        "decompression bomb)",
+        json_schema_extra=affects("design"),
+    )
+    edits_per_photo: int = Field(
+        6,
+        ge=1,
+        description="images: edits the designer writes per photo at most, spread over the "
+        "brief's operations that fit it",
+        json_schema_extra=affects("design"),
+    )
+    batch_size: int = _batch_size(8)  # describer requests per backend call
+
+    @model_validator(mode="after")
+    def _path_for_images(self) -> SourcesSection:
+        if self.kind == "images" and not (self.path or "").strip():
+            raise ValueError("kind: images needs a path (a folder, a Parquet file or a dataset id)")
+        if self.kind == "generate" and (self.path is not None or self.sample is not None):
+            raise ValueError("path and sample are read only with kind: images")
+        return self
+
+
 class PlausibilitySection(_Section):
     enabled: bool = Field(True, json_schema_extra=affects("plausibility"))
     batch_size: int = _batch_size(8)
@@ -299,6 +408,37 @@ class ScheduleSection(_Section):
         json_schema_extra=affects("schedule"),
     )
     budget: BudgetSection = Field(default_factory=BudgetSection)
+    policy: Literal["uniform", "adaptive"] = Field(
+        "uniform",
+        description="uniform: M seeds for every pair, drawn at once; adaptive: rounds of one "
+        "seed each, a pair leaving once it has a passing candidate (README 'Adaptive "
+        "scheduling')",
+        json_schema_extra=affects("schedule"),
+    )
+    margin: float = Field(
+        0.0,
+        ge=0,
+        description="adaptive: a pair whose best passing candidate is less than this above "
+        "both validate thresholds gets another round (0: stop at the first pass)",
+        json_schema_extra=affects("schedule"),
+    )
+
+    min_yield: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="adaptive: an operation's open pairs get another seed only while its "
+        "pass rate at the seed before (passes per editor call, measured in this run) is at "
+        "least this (0: every open pair goes on, up to seeds_per_pair)",
+        json_schema_extra=affects("schedule"),
+    )
+
+    @model_validator(mode="after")
+    def _rounds_only(self) -> ScheduleSection:
+        for key in ("margin", "min_yield"):
+            if getattr(self, key) and self.policy != "adaptive":
+                raise ValueError(f"{key} only applies to policy: adaptive (uniform has no rounds)")
+        return self
 
 
 class EditSection(_Section):
@@ -306,7 +446,7 @@ class EditSection(_Section):
 
 
 class LowLevelCheck(_Section):
-    """NHR-METHOD §3: connected components of the changed-pixel mask."""
+    """docs/method.md §3: connected components of the changed-pixel mask."""
 
     enabled: bool = Field(True, json_schema_extra=affects("prefilter"))
     diff_threshold: int = Field(
@@ -433,6 +573,35 @@ class ValidateSection(_Section):
         json_schema_extra=affects("validate"),
     )
     judge: JudgeOutput = Field(default_factory=JudgeOutput)
+    # Quality levers (README "Quality levers"): ask more than once, ask a second judge.
+    samples: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="K: the validator is asked K times per candidate, sampled (temperature "
+        "sample_temperature, seed = sample index 0..K-1), and its scores aggregated; 1: one "
+        "greedy request (temperature 0), as before",
+        json_schema_extra=affects("validate"),
+    )
+    aggregate: Literal["mean", "min"] = Field(
+        "mean",
+        description="how K samples become the stored adherence and aesthetics: mean, or min "
+        "(every sample must pass); with samples: 1 both are the one answer",
+        json_schema_extra=affects("validate"),
+    )
+    sample_temperature: float = Field(
+        1.0,
+        gt=0,
+        description="temperature of each sampled request (samples > 1)",
+        json_schema_extra=affects("validate"),
+    )
+    second_judge: bool = Field(
+        False,
+        description="a candidate the validator passes must also pass the same thresholds with "
+        "models.second_validator (an independent judge, asked like the validator, with the "
+        "same samples); its scores are kept as second_adherence / second_aesthetics",
+        json_schema_extra=affects("validate"),
+    )
     batch_size: int = _batch_size(8)
 
     @model_validator(mode="after")
@@ -484,6 +653,26 @@ class ValidateSection(_Section):
         """Whether the operation is excluded (`validate.thresholds.<op>.exclude`)."""
         own = self.thresholds.get(operation) if operation else None
         return own is not None and own.exclude
+
+
+class SelectSection(_Section):
+    """Stage 8: which of a pair's passing candidates becomes its forward triplet."""
+
+    best_of: Literal["pointwise", "pairwise"] = Field(
+        "pointwise",
+        description="pointwise: the highest geometric mean of the validator's scores; "
+        "pairwise: the validator compares every two passing candidates side by side, in both "
+        "orders (cancelling a position bias), and the one with the most wins is kept (ties: "
+        "geometric mean, then id); a group whose comparisons fail falls back to pointwise",
+        json_schema_extra=affects("select"),
+    )
+    max_tokens: int = Field(
+        64,
+        ge=1,
+        description="answer length of a pairwise comparison",
+        json_schema_extra=affects("select"),
+    )
+    batch_size: int = _batch_size(8)
 
 
 class InvertSection(_Section):
@@ -584,6 +773,24 @@ class ExportSection(_Section):
         description="triplets per parquet file (about 1.5 GB at 1 MP)",
         json_schema_extra=affects("export"),
     )
+    license: str | None = Field(
+        None,
+        description="licence of the released dataset, as a Hugging Face licence id "
+        "(apache-2.0, cc-by-4.0, other, ...), written into the dataset card's metadata; "
+        "unset, the card says none was chosen",
+        json_schema_extra=affects("export"),
+    )
+
+    @field_validator("license")
+    @classmethod
+    def _licence_id(cls, value: str | None) -> str | None:
+        # the Hub's licence ids are lowercase words joined by '-' or '.' (cc-by-nc-sa-4.0)
+        if value is not None and not re.fullmatch(r"[a-z0-9]+(?:[-.][a-z0-9]+)*", value):
+            raise ValueError(
+                f"{value!r} is not a Hugging Face licence id: lowercase letters, digits, '-' and "
+                "'.', e.g. apache-2.0, cc-by-4.0 or other"
+            )
+        return value
 
 
 class NhrConfig(_Section):
@@ -592,12 +799,14 @@ class NhrConfig(_Section):
     models: ModelsSection  # no default: see ModelsSection
     retry: RetrySection = Field(default_factory=RetrySection)
     design: DesignSection = Field(default_factory=DesignSection)
+    sources: SourcesSection = Field(default_factory=SourcesSection)
     generate: GenerateSection = Field(default_factory=GenerateSection)
     plausibility: PlausibilitySection = Field(default_factory=PlausibilitySection)
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     edit: EditSection = Field(default_factory=EditSection)
     prefilter: PrefilterSection = Field(default_factory=PrefilterSection)
     validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
+    select: SelectSection = Field(default_factory=SelectSection)
     augment: AugmentSection = Field(default_factory=AugmentSection)
     invert: InvertSection = Field(default_factory=InvertSection)
     backward: BackwardSection = Field(default_factory=BackwardSection)
@@ -612,13 +821,62 @@ class NhrConfig(_Section):
         """`models: sim` is every role on the simulator with its defaults; the resolved config
         (RUN/config.yaml) writes every role out."""
         if value == ALL_SIM:
-            return {role: {"backend": "sim"} for role in ROLES}
+            return {role: {"backend": "sim"} for role in REQUIRED_ROLES}
         if isinstance(value, str):
             raise ValueError(
                 f"write one entry per role ({', '.join(ROLES)}), or `models: sim` for an "
                 "all-simulator run"
             )
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _all_sim_second_judge(cls, data: Any) -> Any:
+        """`models: sim` with validate.second_judge: the second judge is a simulator too,
+        under its own model name (so its own errors are its own, not the validator's)."""
+        if isinstance(data, dict) and data.get("models") == ALL_SIM:
+            validate = data.get("validate")
+            if isinstance(validate, dict) and validate.get("second_judge") is True:
+                models = {role: {"backend": "sim"} for role in REQUIRED_ROLES}
+                models["second_validator"] = {"backend": "sim", "model": "sim-second-judge"}
+                data = {**data, "models": models}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _all_sim_describer(cls, data: Any) -> Any:
+        """`models: sim` mining photos: the describer is a simulator too. (Defined after
+        _all_sim_second_judge so that it runs first: pydantic runs "before" validators last
+        defined first; it hands the second judge to that one.)"""
+        if not isinstance(data, dict) or data.get("models") != ALL_SIM:
+            return data
+        sources = data.get("sources")
+        if not isinstance(sources, dict) or sources.get("kind") != "images":
+            return data
+        expanded = cls._all_sim_second_judge(data).get("models")
+        models = dict(expanded) if isinstance(expanded, dict) else {}
+        models.update({role: {"backend": "sim"} for role in REQUIRED_ROLES if role not in models})
+        models["describer"] = {"backend": "sim"}
+        return {**data, "models": models}
+
+    @model_validator(mode="after")
+    def _optional_roles_given(self) -> NhrConfig:
+        if self.validate_.second_judge and self.models.second_validator is None:
+            raise ValueError(
+                "validate.second_judge needs a second judge: add models.second_validator (a "
+                "model config like models.validator, ideally another model), or set "
+                "validate.second_judge: false"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _describer_for_photos(self) -> NhrConfig:
+        if self.sources.kind == "images" and self.models.describer is None:
+            raise ValueError(
+                "sources.kind: images needs a describer: add models.describer (a vision model "
+                "that describes each photo, e.g. the validator's model), or `models: sim`"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sim_designer_supports_operations(self) -> NhrConfig:
@@ -631,6 +889,20 @@ class NhrConfig(_Section):
                     f"brief.operations {missing} cannot be mined with the simulator; it supports: "
                     f"{', '.join(SUPPORTED_OPERATIONS)}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _target_mix_needs_adaptive_budget(self) -> NhrConfig:
+        # without a budget every pair is edited, so the released mix is the pool's
+        budget = self.schedule.budget
+        if self.brief.target_mix is not None and (
+            self.schedule.policy != "adaptive" or (budget.edits is None and budget.cost is None)
+        ):
+            raise ValueError(
+                "brief.target_mix needs schedule.policy: adaptive and a schedule.budget "
+                "(edits or cost): the scheduler steers the mix by which pairs it spends the "
+                "budget on"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -678,8 +950,10 @@ def _section_members(annotation: Any) -> list[type[BaseModel]]:
     """The config classes a field may hold: one section, the members of a union, or none."""
     if _is_section(annotation):
         return [annotation]
+    if typing.get_origin(annotation) is Annotated:  # an optional role: Annotated[union] | None
+        return _section_members(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return [a for a in typing.get_args(annotation) if _is_section(a)]
+        return [m for a in typing.get_args(annotation) for m in _section_members(a)]
     return []
 
 
@@ -717,7 +991,7 @@ def _format_validation_error(error: ValidationError) -> str:
             message = (
                 "missing; every role needs a model (write `models: sim` for an all-simulator run)"
             )
-        elif "input" in item and item["type"] not in ("missing",):
+        elif "input" in item and item["type"] not in ("missing",) and item["loc"]:
             shown = repr(item["input"])
             if len(shown) > 60:
                 shown = shown[:57] + "..."

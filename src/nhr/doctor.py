@@ -20,9 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from nhr.config import NhrConfig
-
-ROLES = ("designer", "generator", "gate", "editor", "prefilter", "validator", "inverter")
+from nhr.config import ROLES, NhrConfig
 
 # backend -> (modules it imports, the extra that installs them)
 REQUIREMENTS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -286,6 +284,8 @@ def run_doctor(
     groups: dict[str, tuple[list[str], Any]] = {}
     for role in roles:
         model = getattr(config.models, role)
+        if model is None:  # an optional role this config does not use (models.second_validator)
+            continue
         key = json.dumps(model.model_dump(mode="json"), sort_keys=True)
         groups.setdefault(key, ([], model))[0].append(role)
     checks: list[list[Check]] = []

@@ -14,15 +14,15 @@ from nhr.config import NhrConfig, setting_effect
 from nhr.stages.backward import BackwardStage
 from nhr.stages.base import Stage
 from nhr.stages.compose import ComposeStage
-from nhr.stages.design import DesignStage
 from nhr.stages.edit import EditStage
-from nhr.stages.generate import GenerateStage
+from nhr.stages.generate import source_stages
 from nhr.stages.invert import InvertStage
 from nhr.stages.plausibility import PlausibilityStage
 from nhr.stages.prefilter import PrefilterStage
-from nhr.stages.schedule import ScheduleStage
+from nhr.stages.schedule import AdaptiveScheduleStage, ScheduleStage
 from nhr.stages.select import SelectStage
 from nhr.stages.validate import ValidateStage
+from nhr.stats import StageStats
 
 EXPORT = "export"
 _AUGMENT = {"invert": InvertStage, "backward": BackwardStage, "compose": ComposeStage}
@@ -47,14 +47,10 @@ def build_stages(config: NhrConfig) -> list[Stage]:
     """The stages of a run, in order. Augmentation stages follow `augment.order`; each reads
     the triplet set of the stage before it, so disabled ones simply drop out of the chain."""
     stages: list[Stage] = [
-        DesignStage(),
-        GenerateStage(),
+        *source_stages(config),  # design + generate, or their photo-source versions
         PlausibilityStage(),
-        ScheduleStage(),
-        EditStage(),
-        PrefilterStage(),
-        ValidateStage(),
-        SelectStage(),
+        *editing_stages(config),  # schedule, edit, prefilter, validate (per round: adaptive)
+        SelectStage(config),
     ]
     enabled = {
         "invert": config.invert.enabled,
@@ -67,6 +63,118 @@ def build_stages(config: NhrConfig) -> list[Stage]:
             stages.append(_AUGMENT[name](previous))
             previous = name
     return stages
+
+
+def editing_stages(config: NhrConfig) -> list[Stage]:
+    """schedule, edit, prefilter, validate: once, or under adaptive once per round."""
+    if config.schedule.policy == "adaptive":
+        return round_stages(config)
+    return [ScheduleStage(), EditStage(), PrefilterStage(), ValidateStage(config)]
+
+
+# -- adaptive rounds ----------------------------------------------------------------------------
+# Under schedule.policy: adaptive, schedule, edit, prefilter and validate run once per round.
+# Round r of M writes its tables as `<stage>@r`, the last round under the plain name; every
+# round's table is cumulative (the round before's rows, then its own), so the plain tables
+# hold every round and select, the augmentation stages, the export, the report and the tools
+# read them exactly as under uniform. Rounds are stages like any other: markers, resume,
+# verify, --redo-from and the executors need nothing of their own.
+ROUND_STAGES = ("schedule", "edit", "prefilter", "validate")
+ROUND_MARK = "@"
+
+
+def round_name(stage: str, round_: int, rounds: int) -> str:
+    return stage if round_ == rounds else f"{stage}{ROUND_MARK}{round_}"
+
+
+def base_name(stage: str) -> str:
+    """`edit@2` -> `edit`: the stage whose code, schema and settings a round stage has."""
+    return stage.split(ROUND_MARK, 1)[0]
+
+
+def round_stages(config: NhrConfig) -> list[Stage]:
+    rounds = config.schedule.seeds_per_pair
+    stages: list[Stage] = []
+    for r in range(1, rounds + 1):
+        names = {stage: round_name(stage, r, rounds) for stage in ROUND_STAGES}
+        before = {stage: round_name(stage, r - 1, rounds) for stage in ROUND_STAGES}
+        previous = (before["schedule"], before["validate"]) if r > 1 else None
+        stages.append(AdaptiveScheduleStage(names["schedule"], r, rounds, previous))
+        # (stage, the table it runs on, that table's key): it sees only the rows new this round
+        for inner, driver, key in (
+            (EditStage(), "schedule", "job_id"),
+            (PrefilterStage(), "edit", "candidate_id"),
+            (ValidateStage(config), "edit", "candidate_id"),
+        ):
+            stages.append(RoundStage(inner, names, before if r > 1 else None, driver, key))
+    return stages
+
+
+class RoundStage:
+    """One round of a shard stage under the adaptive schedule: runs the stage on the rows its
+    driving table gained this round, and returns the round before's rows followed by its own."""
+
+    global_scope = False
+
+    def __init__(
+        self,
+        inner: Stage,
+        names: dict[str, str],
+        before: dict[str, str] | None,
+        driver: str,
+        key: str,
+    ) -> None:
+        self.inner = inner
+        self.name = names[inner.name]
+        self.roles = inner.roles
+        self.names = names
+        self.before = before
+        self.driver = driver
+        self.key = key
+        reads = [names.get(read, read) for read in inner.reads]
+        if before is not None:
+            reads = [before[inner.name], before[driver], *reads]
+        # the driving table last: the ray executor orders shards by the size of the last read
+        reads.remove(names[driver])
+        self.reads = tuple(dict.fromkeys(reads)) + (names[driver],)
+
+    def run(self, ctx: Any, inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        own = {read: inputs[self.names.get(read, read)] for read in self.inner.reads}
+        if self.before is None:
+            return self.inner.run(ctx, own)
+        seen = {row[self.key] for row in inputs[self.before[self.driver]]}
+        own[self.driver] = [row for row in own[self.driver] if row[self.key] not in seen]
+        return inputs[self.before[self.inner.name]] + self.inner.run(ctx, own)
+
+
+def fold_rounds(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """stats.json's per-stage entries with each `<stage>@r` summed into `<stage>`, which then
+    counts the work of every round, the round entries kept under its `rounds`."""
+    folded = []
+    for entry in entries:
+        if ROUND_MARK in entry["stage"]:
+            continue
+        parts = [e for e in entries if base_name(e["stage"]) == entry["stage"]]
+        if len(parts) == 1:
+            folded.append(entry)
+            continue
+        total = StageStats()
+        loads: dict[str, int] = {}
+        for part in parts:
+            total.merge(StageStats.from_dict(part))
+            for role, count in part.get("model_loads", {}).items():
+                loads[role] = loads.get(role, 0) + count
+        seconds = sum(part.get("wall_seconds", 0.0) for part in parts)
+        folded.append(
+            {
+                **entry,
+                **total.to_dict(),
+                "wall_seconds": round(seconds, 3),
+                "model_loads": dict(sorted(loads.items())),
+                "rounds": parts,
+            }
+        )
+    return folded
 
 
 def release_stage(config: NhrConfig) -> str:
@@ -88,6 +196,8 @@ ROLE_STAGE: dict[str, str] = {
     "prefilter": "prefilter",
     "validator": "validate",
     "inverter": "invert",
+    "second_validator": "validate",
+    "describer": "design",
 }
 
 
@@ -120,11 +230,15 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, 
     against `invert` when the order itself changed (the key `augment.order` belongs to it).
     """
     flat_old, flat_new = flatten(old), flatten(new)
+    schedule = new.get("schedule") or {}
+    rounds = schedule.get("seeds_per_pair", 1) if schedule.get("policy") == "adaptive" else 1
     changes = []
     for key in sorted(set(flat_old) | set(flat_new)):
         if flat_old.get(key) == flat_new.get(key):
             continue
         stage = stage_of_setting(key, new if key in flat_new else old)
         if stage is not None:
+            if stage in ROUND_STAGES:  # under adaptive: from its first round on
+                stage = round_name(stage, 1, rounds)
             changes.append((stage, key, flat_old.get(key), flat_new.get(key)))
-    return sorted(changes, key=lambda change: ALL_STAGE_NAMES.index(change[0]))
+    return sorted(changes, key=lambda change: ALL_STAGE_NAMES.index(base_name(change[0])))

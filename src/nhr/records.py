@@ -15,6 +15,14 @@ DROPPED = "dropped"
 FAILED = "failed"
 
 _STATUS = [pa.field("status", pa.string()), pa.field("reason", pa.string())]
+# Where a photo source came from: the folder or dataset (sources.path), the file in it or the
+# dataset row, and the licence the dataset gives for it.
+_PROVENANCE = [
+    pa.field("origin", pa.string()),
+    pa.field("origin_file", pa.string()),
+    pa.field("origin_row", pa.int64()),
+    pa.field("license", pa.string()),
+]
 
 EDIT = pa.struct(
     [
@@ -35,6 +43,12 @@ PROMPT = pa.schema(
         pa.field("edits", pa.list_(EDIT)),
         pa.field("design_batch", pa.int64()),
         pa.field("model", pa.string()),
+        # photo sources (sources.kind: images; null for generated ones): the normalised photo,
+        # or why the drawn file gave none, and where it came from
+        pa.field("source_image", pa.string()),
+        pa.field("source_reason", pa.string()),
+        pa.field("describer_model", pa.string()),  # who wrote `prompt` (the description)
+        *_PROVENANCE,
     ]
 )
 
@@ -49,6 +63,7 @@ SOURCE = pa.schema(
         pa.field("image", pa.string()),
         *_STATUS,
         pa.field("model", pa.string()),
+        *_PROVENANCE,
     ]
 )
 
@@ -120,6 +135,15 @@ VALIDATION = pa.schema(
         pa.field("aesthetics", pa.float64()),
         *_STATUS,
         pa.field("model", pa.string()),
+        # quality levers (null when off): the K readings of validate.samples (adherence and
+        # aesthetics above aggregate them), and validate.second_judge's scores and model
+        pa.field("adherence_samples", pa.list_(pa.float64())),
+        pa.field("aesthetics_samples", pa.list_(pa.float64())),
+        pa.field("second_adherence", pa.float64()),
+        pa.field("second_aesthetics", pa.float64()),
+        pa.field("second_adherence_samples", pa.list_(pa.float64())),
+        pa.field("second_aesthetics_samples", pa.list_(pa.float64())),
+        pa.field("second_model", pa.string()),
     ]
 )
 

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nhr.config import NhrConfig
-from nhr.pipeline import ALL_STAGE_NAMES, EXPORT, build_stages, config_changes, release_stage
+from nhr.pipeline import (
+    ALL_STAGE_NAMES,
+    EXPORT,
+    build_stages,
+    config_changes,
+    fold_rounds,
+    release_stage,
+)
 from nhr.pipeline import stage_names as _stage_names
 from nhr.stats import StageStats
 from nhr.store import RunStore
@@ -40,20 +47,50 @@ class MineResult:
 # -- the run directory before the stages --------------------------------------------------------
 
 
-def prepare_run_dir(store: RunStore, config: NhrConfig, redo_from: str | None) -> None:
-    """Refuse to mix work made under another config; clear stages the user asked to redo."""
+def check_redo_from(config: NhrConfig, redo_from: str | None) -> None:
+    """An unknown --redo-from stage is refused before the run directory is touched."""
     names = _stage_names(config)
     if redo_from is not None and redo_from not in names:
         raise RunConfigError(f"unknown stage {redo_from!r}; stages: {', '.join(names)}")
+
+
+def _setup_errors() -> tuple[type[BaseException], ...]:
+    from nhr.backends.base import BackendSetupError, MissingExtraError
+    from nhr.preflight import PreflightError
+
+    return (BackendSetupError, MissingExtraError, PreflightError)
+
+
+# What stops a run before it can start (a missing key, extra or model): nothing was mined.
+SETUP_ERRORS = _setup_errors()
+
+
+def discard_unused_run(store: RunStore) -> None:
+    """Delete a run directory this `nhr mine` created, if no stage wrote anything in it: a
+    run that could not start leaves nothing behind (local disk and object storage)."""
+    worked = any(store.has_any_output(stage) for stage in ALL_STAGE_NAMES)
+    if not worked and not store.storage.names("stages/design/parts"):
+        store.storage.delete_folder("")
+
+
+def prepare_run_dir(store: RunStore, config: NhrConfig, redo_from: str | None) -> None:
+    """Refuse to mix work made under another config; clear stages the user asked to redo;
+    let a finished or stopped run grow (`run.prompts` raised: see `growth`)."""
+    check_redo_from(config, redo_from)
+    names = _stage_names(config)
     previous = store.read_config()
     new = config.to_dict()
     redo_index = names.index(redo_from) if redo_from else len(names)
+    grows = False
     if previous is not None:
+        changes = config_changes(previous, new)
+        grows = redo_index > 0 and growth(previous, config, changes) is not None
         blocking = [
             change
-            for change in config_changes(previous, new)
+            for change in changes
             if change[0] in names
             and names.index(change[0]) < redo_index
+            and not (grows and change[1] == "run.prompts")
             and any(store.has_any_output(s) for s in names[names.index(change[0]) :])
         ]
         if blocking:
@@ -74,11 +111,51 @@ def prepare_run_dir(store: RunStore, config: NhrConfig, redo_from: str | None) -
         for stage in stale:
             store.clear_stage(stage)
         store.storage.delete_folder("dataset")
+    if grows:
+        # design runs again: its batches come back from their checkpoints and the new ones
+        # are asked for; finished shards whose inputs are unchanged are kept (their markers
+        # record the digests of what they read), the schedule and the export are redone;
+        # until then the run is not finished (nhr status, nhr report)
+        store.remove_marker("design", None)
+        store.remove_marker(EXPORT, None)
     if previous is not None:
         from nhr.verify import repair
 
         repair(store, config)  # damaged tables and images: their shards are redone
     store.write_config(new)
+
+
+def growth(
+    previous: dict[str, Any], config: NhrConfig, changes: list[tuple[str, str, Any, Any]]
+) -> tuple[int, int] | None:
+    """(old, new) prompt counts when `run.prompts` was raised and the run can grow into it.
+
+    Growing keeps every designed prompt, so it needs design to be a prefix: the first N
+    prompts of a run of M > N prompts are the N prompts of the smaller run. Design batch j is
+    the same request whatever the prompt count (its operation, seed and item count B), except
+    that B is lowered for runs too small to give every operation of the cycle a batch
+    (`effective_batch_size`); when that lowered B differs between the two sizes, the run
+    cannot grow (RunConfigError says so). A lower `run.prompts` never shrinks a run."""
+    from nhr.stages.design import effective_batch_size
+
+    change = next((c for c in changes if c[1] == "run.prompts"), None)
+    if change is None:
+        return None
+    old, new = int(change[2]), int(change[3])
+    if new < old:
+        return None
+    old_config = config.model_copy(update={"run": config.run.model_copy(update={"prompts": old})})
+    old_b, new_b = effective_batch_size(old_config), effective_batch_size(config)
+    if old_b != new_b:
+        cycle = len(config.brief.operation_cycle())
+        raise RunConfigError(
+            f"cannot grow the run from {old} to {new} prompts: its design batches asked for "
+            f"{old_b} items each, a {new}-prompt run asks for {new_b} (a small run lowers "
+            f"design.batch_size so that each of the {cycle} operations of the cycle gets a "
+            "batch), so its prompts would not be the ones already mined. Mine into a new "
+            "--run-dir, or add --redo-from design."
+        )
+    return old, new
 
 
 # -- markers: what is done and still up to date --------------------------------------------------
@@ -187,7 +264,7 @@ def collect_stats(store: RunStore, config: NhrConfig) -> dict[str, Any]:
     return {
         "run_dir": str(store.root),
         "complete": export_marker is not None,
-        "stages": stages,
+        "stages": fold_rounds(stages),  # an adaptive run's rounds summed per stage
         "model_loads": dict(sorted(loads_total.items())),
         "dataset": export_marker["summary"] if export_marker else None,
     }

@@ -1,4 +1,4 @@
-"""Budget-aware job sampling (NHR-METHOD §1 stage 4).
+"""Budget-aware job sampling (docs/method.md §1, stage 4).
 
 Every (source, instruction, editor seed) is a job. Jobs are drawn uniformly at random without
 replacement until the budget is spent. The draw is stateless: each job gets a priority
@@ -11,6 +11,7 @@ and after every restart.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -156,3 +157,142 @@ def _groups(counts: np.ndarray, group_jobs: int) -> Iterator[tuple[int, int]]:
             lo, held = bucket + 1, 0
     if held:
         yield lo, len(counts)
+
+
+# -- adaptive rounds (schedule.policy: adaptive) ------------------------------------------------
+# Round r gives each pair still open its next seed; the jobs of a round are drawn like the
+# uniform schedule's (increasing priority, under the budget left), so each round is a uniform
+# sample of the jobs it offers. What a pair needs next is read from the cumulative job and
+# validation tables of the round before: the tables are the state, so a resumed run decides
+# exactly as an uninterrupted one.
+
+# Pseudo-attempts of the pooled pass rate mixed into each operation's measured yield, so an
+# operation with few attempts so far is neither starved nor flooded.
+PRIOR_ATTEMPTS = 5.0
+
+
+@dataclass
+class PairState:
+    """What the rounds so far did for one (source, instruction) pair."""
+
+    operation: str
+    attempts: int = 0  # jobs scheduled (edited)
+    over_budget: bool = False  # a job of it did not fit the budget: the pair is closed
+    passed: bool = False  # some candidate passed the validator
+    clearance: float = -math.inf  # best passing candidate: least score above its threshold
+
+    def open(self, max_attempts: int, margin: float) -> bool:
+        """Gets another seed: not closed, seeds left, and no pass clearing the margin."""
+        if self.over_budget or self.attempts >= max_attempts:
+            return False
+        return not self.passed or self.clearance < margin
+
+
+def pair_states(
+    jobs: list[dict[str, Any]],
+    validations: list[dict[str, Any]],
+    thresholds: Callable[[str], tuple[float, float]],
+) -> dict[tuple[str, str], PairState]:
+    """Per (source_id, edit_id): its state after the rounds whose rows are given (one shard's
+    cumulative schedule and validate tables). `thresholds(operation)` is validate's pair."""
+    states: dict[tuple[str, str], PairState] = {}
+    pair_of: dict[str, tuple[str, str]] = {}
+    for job in jobs:
+        key = (job["source_id"], job["edit_id"])
+        state = states.setdefault(key, PairState(job["operation"]))
+        if job["status"] == "ok":
+            state.attempts += 1
+            pair_of[job["job_id"]] = key
+        else:
+            state.over_budget = True
+    for row in validations:
+        key = pair_of.get(row["candidate_id"])
+        if key is None or row["status"] != "ok":
+            continue
+        state = states[key]
+        min_adherence, min_aesthetics = thresholds(state.operation)
+        clearance = min(row["adherence"] - min_adherence, row["aesthetics"] - min_aesthetics)
+        state.passed = True
+        state.clearance = max(state.clearance, clearance)
+    return states
+
+
+def mix_shares(
+    target: dict[str, float], attempts: dict[str, int], passed: dict[str, int]
+) -> dict[str, float]:
+    """Share of the new-pair budget per operation so that released triplets land on `target`.
+
+    An operation's yield is its pairs passed per editor call so far; one released triplet of
+    it costs 1 / yield calls, so spending in proportion to target / yield releases in
+    proportion to target. Yields are shrunk toward the pooled rate (PRIOR_ATTEMPTS), which
+    before any measurement makes the shares the target itself."""
+    pooled = (sum(passed.values()) + 1) / (sum(attempts.values()) + 2)
+    weights = {}
+    for operation, share in target.items():
+        observed = passed.get(operation, 0) + PRIOR_ATTEMPTS * pooled
+        rate = observed / (attempts.get(operation, 0) + PRIOR_ATTEMPTS)
+        weights[operation] = share / rate if share > 0 else 0.0
+    total = sum(weights.values())
+    return {op: (w / total if total else 0.0) for op, w in weights.items()}
+
+
+def mix_table(target: dict[str, float], released: dict[str, int]) -> list[dict[str, Any]]:
+    """Target vs achieved share of released triplets, per operation of the target (and any
+    other operation that was released)."""
+    total = sum(released.values())
+    return [
+        {
+            "operation": operation,
+            "target": target.get(operation, 0.0),
+            "achieved": released.get(operation, 0) / total if total else None,
+            "released": released.get(operation, 0),
+        }
+        for operation in list(target)
+        + sorted(o for o, n in released.items() if n and o not in target)
+    ]
+
+
+def depth_yields(
+    jobs: list[dict[str, Any]], validations: list[dict[str, Any]]
+) -> tuple[Counter[tuple[str, int]], Counter[tuple[str, int]]]:
+    """(jobs, passes) per (operation, seed index) in one shard's cumulative tables: how often
+    an operation's k-th seed of a pair passed."""
+    passed = {row["candidate_id"] for row in validations if row["status"] == "ok"}
+    counts: Counter[tuple[str, int]] = Counter()
+    passes: Counter[tuple[str, int]] = Counter()
+    for job in jobs:
+        if job["status"] == "ok":
+            key = (job["operation"], job["seed_index"])
+            counts[key] += 1
+            passes[key] += job["job_id"] in passed
+    return counts, passes
+
+
+def low_yield(
+    counts: Counter[tuple[str, int]], passes: Counter[tuple[str, int]], min_yield: float
+) -> frozenset[tuple[str, int]]:
+    """(operation, seed index) whose jobs are not worth running: the operation's pass rate at
+    the seed before is below `min_yield` (shrunk toward that seed's pooled rate, so a handful
+    of jobs decides nothing on its own). Rates fall from one seed to the next (the easy pairs
+    have left), so the seed before is the optimistic estimate."""
+    if min_yield <= 0:
+        return frozenset()
+    stopped = set()
+    for depth in {d for _, d in counts}:
+        total = sum(n for (_, d), n in counts.items() if d == depth)
+        pooled = sum(p for (_, d), p in passes.items() if d == depth) / total
+        for (operation, d), n in counts.items():
+            if d == depth:
+                rate = (passes[(operation, d)] + PRIOR_ATTEMPTS * pooled) / (n + PRIOR_ATTEMPTS)
+                if rate < min_yield:
+                    stopped.add((operation, depth + 1))
+    return frozenset(stopped)
+
+
+def target_mix_report(config: Any, categories: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """brief.target_mix against the forward triplets selected per operation (the scheduler's
+    unit; `categories` as nhr.analysis.report.category_yield gives them), or None without one."""
+    target = config.brief.target_mix
+    if target is None:
+        return None
+    return mix_table(target, {row["operation"]: row["forward"] for row in categories})

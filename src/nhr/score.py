@@ -35,6 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from nhr.sources import MAX_PIXELS, decode_checked
+from nhr.sources import image_bytes as _image_value
+
 # Usual column names, most specific first (InstructPix2Pix: original_image / edited_image /
 # edit_prompt; MagicBrush: source_img / target_img / instruction; HQ-Edit: input_image /
 # output_image / edit; NHR-Edit: source_image / edited_image / edit_instruction).
@@ -64,7 +67,6 @@ COLUMN_NAMES: dict[str, tuple[str, ...]] = {
     ),
     "instruction": ("edit_instruction", "instruction", "edit_prompt", "edit", "prompt", "txt"),
 }
-MAX_PIXELS = 40_000_000  # larger images are rejected unread (a decompression bomb is one)
 ROUNDS = 2000  # bootstrap rounds (the paper's B)
 CHUNK = 64  # Parquet rows read at a time
 
@@ -159,28 +161,6 @@ def read_sample(
 
 def _pick(total: int, count: int, random: np.random.Generator) -> np.ndarray:
     return np.sort(random.choice(total, size=min(count, total), replace=False))
-
-
-def _image_value(value: Any, base: Path | None) -> Any:
-    """Image bytes from a column value: bytes, a {bytes, path} struct, a PIL image or a path."""
-    if value is None:
-        return None
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return bytes(value["bytes"])
-        value = value.get("path")
-        if not value:
-            return None
-    if isinstance(value, str):
-        location = Path(value) if base is None else base / value
-        return location.read_bytes()
-    if hasattr(value, "save"):  # a decoded PIL image (datasets' Image feature)
-        buffer = io.BytesIO()
-        value.save(buffer, format="PNG")
-        return buffer.getvalue()
-    raise TypeError(f"not an image value: {type(value).__name__}")
 
 
 def _sample_of(row: dict[str, Any], columns: dict[str, str], base: Path | None) -> Sample:
@@ -301,25 +281,10 @@ def check_image(data: bytes | None, max_pixels: int = MAX_PIXELS) -> str | None:
     """None if the image is a readable RGB image of at most `max_pixels`, else the reason:
     missing_image, corrupt_image, truncated_image, oversized_image or non_rgb_image. The size is
     read from the header before any pixel is decoded."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        return "missing_image"
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                return "oversized_image"
-            if image.mode != "RGB":
-                return "non_rgb_image"
-            image.load()
-    except Image.DecompressionBombError:
-        return "oversized_image"
-    except UnidentifiedImageError:
-        return "corrupt_image"
-    except (OSError, SyntaxError, ValueError) as error:
-        return "truncated_image" if "truncated" in str(error).lower() else "corrupt_image"
-    return None
+    image = decode_checked(data, max_pixels)
+    if isinstance(image, str):
+        return image
+    return "non_rgb_image" if image.mode != "RGB" else None
 
 
 # --- scoring -----------------------------------------------------------------------------------

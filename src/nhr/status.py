@@ -7,6 +7,20 @@ from pathlib import Path
 from nhr.lock import lock_holder
 
 
+def run_state(run_dir: Path | str, complete: bool) -> tuple[str, str]:
+    """(state, words) of a run: finished, mining (a live miner holds the run's lock) or
+    stopped (neither: killed or interrupted, resumable with `nhr mine`)."""
+    if complete:
+        return "finished", "finished"
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        words = f"mining (pid {holder['pid']})"
+        if holder.get("host"):
+            words += f" on {holder['host']}"
+        return "mining", words
+    return "stopped", "stopped before the end; run `nhr mine` again to resume"
+
+
 def render_status(run_dir: Path | str) -> str:
     from nhr.config import parse_config
     from nhr.run import collect_stats

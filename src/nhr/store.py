@@ -1,4 +1,4 @@
-"""The run directory: stage tables, the image store and completion markers (DESIGN.md §4).
+"""The run directory: stage tables, the image store and completion markers (docs/architecture.md).
 
     RUN/config.yaml                       resolved config (no secrets)
     RUN/stages/<stage>/shard-00003.parquet  rows of one shard

@@ -1,4 +1,4 @@
-"""The catalogue of edit operations (NHR-METHOD §6): removal, addition and 27 others.
+"""The catalogue of edit operations (docs/method.md §6): removal, addition and 27 others.
 
 Each operation has a stable key (used in configs and rows), a human label (the dataset's
 `category`), a group, the operation that undoes it (used by inversion), whether it is local

@@ -1,8 +1,10 @@
 """`nhr export-tuning`: rated triplets as supervised tuning data for a validator.
 
-Each example is what the validate stage sends (both images, then the score prompt of
-nhr/prompts/score.txt with the instruction filled in) and, as the answer, the item's
-rater-bias-corrected ground truth (nhr/labels.py) in the JSON the prompt asks for. The items
+Each example is what the validate stage sends (both images, then the judge's prompt with the
+instruction filled in) and, as the answer, the item's rater-bias-corrected ground truth
+(nhr/labels.py) in the JSON that judge's parser reads, on its scale. The judge is the one a
+config gives (`validate.judge` of `--judge CONFIG`), else the one of the run the labels rate,
+else the paper's (nhr/prompts/score.txt, 1-5); `--prompt` replaces only its prompt. The items
 are split into train and validation, stratified by category and true-score bucket, with every
 source image on one side only (a judge must not be validated on sources it was tuned on).
 
@@ -33,24 +35,81 @@ from typing import Any
 FORMATS = ("vertex-gemini", "openai", "trl")
 SPLITS = ("train", "validation")
 TRUTH_BUCKETS = (2.0, 3.0, 4.0, 4.5)
+PLACEHOLDER_CHECK = "<nhr: the instruction goes here>"  # finds a prompt without $instruction
 
 
 class TuningExportError(ValueError):
     pass
 
 
-def target_json(instruction: float, aesthetics: float) -> str:
-    """The answer the score prompt asks for, from the ground truth."""
-    return json.dumps(
-        {"InstructionAdherence": round(instruction, 2), "ImageAesthetic": round(aesthetics, 2)}
+def target_json(instruction: float, aesthetics: float, judge: Any = None) -> str:
+    """The answer the judge's prompt asks for, from the ground truth (1-5), mapped linearly
+    onto the judge's scale (`validate.judge`; None: the paper's 1-5 scores). A VIEScore-style
+    answer gives each scale's score to both of its sub-scores, so that the parser's minimum of
+    each pair reads it back."""
+    parser, low, high = ("scores", 1.0, 5.0) if judge is None else judge_scale(judge)
+    adherence, aesthetic = (
+        round(low + (value - 1.0) * (high - low) / 4.0, 2) for value in (instruction, aesthetics)
     )
+    if parser == "viescore":
+        return json.dumps({"score": [adherence, adherence, aesthetic, aesthetic]})
+    return json.dumps({"InstructionAdherence": adherence, "ImageAesthetic": aesthetic})
 
 
-def score_prompt(instruction: str) -> str:
-    """The validator's prompt for one instruction, built as the validate stage builds it."""
-    from nhr.stages.base import template
+def judge_scale(judge: Any) -> tuple[str, float, float]:
+    """(parser, low, high) of a judge; an unbounded scale has no target a 1-5 label maps to."""
+    if judge.low is None or judge.high is None:
+        raise TuningExportError(
+            "the judge's scale is unbounded (validate.judge low/high null): ratings on 1-5 "
+            "cannot be written as its answers; tune a judge with a bounded scale"
+        )
+    return judge.parser, float(judge.low), float(judge.high)
 
-    return Template(template("score")).substitute(instruction=instruction)
+
+def score_prompt(instruction: str, judge: Any = None) -> str:
+    """The judge's prompt for one instruction, built as the validate stage builds it (None:
+    the paper's score prompt)."""
+    from nhr.stages.validate import judge_prompt
+
+    prompt = "score" if judge is None else judge.prompt
+    return Template(judge_prompt(prompt)).substitute(instruction=instruction)
+
+
+def resolve_judge(
+    location: str | Path,
+    run: str | Path | None = None,
+    judge_config: str | Path | None = None,
+    prompt: str | None = None,
+) -> Any:
+    """The judge the examples are written for (a config.JudgeOutput): `judge_config`'s
+    validate.judge, else that of the run the labels rate, else the paper's; `prompt` (a
+    template name of nhr, a file holding the prompt, or the prompt text with $instruction)
+    replaces its prompt. Checked here, so a bad prompt fails before any file is written."""
+    from nhr.config import JudgeOutput, parse_config
+
+    if judge_config is not None:
+        from nhr.calibrate import load_judge_config
+
+        judge = load_judge_config(judge_config).validate_.judge
+    else:
+        store = _run_of(location, run)
+        judge = parse_config(store.read_config()).validate_.judge if store else JudgeOutput()
+    if prompt is not None:
+        path = Path(prompt)
+        if "$instruction" not in prompt and path.suffix and path.is_file():
+            prompt = path.read_text(encoding="utf-8")
+        judge = judge.model_copy(update={"prompt": prompt})
+    try:
+        text = score_prompt(PLACEHOLDER_CHECK, judge)
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        raise TuningExportError(
+            f"prompt {judge.prompt[:60]!r} is neither a prompt template of nhr "
+            f"(nhr/prompts/*.txt, by name) nor a prompt text with $instruction ({error})"
+        ) from None
+    if PLACEHOLDER_CHECK not in text:
+        raise TuningExportError(f"prompt {judge.prompt[:60]!r} has no $instruction placeholder")
+    judge_scale(judge)
+    return judge
 
 
 # --- examples --------------------------------------------------------------------------------
@@ -210,18 +269,20 @@ def _supported_image(data: bytes) -> tuple[bytes, str]:
     return buffer.getvalue(), "image/png"
 
 
-def vertex_line(example: dict[str, Any], uris: tuple[str, str]) -> dict[str, Any]:
+def vertex_line(
+    example: dict[str, Any], uris: tuple[str, str], judge: Any = None
+) -> dict[str, Any]:
     parts = [{"fileData": {"mimeType": mime, "fileUri": uri}} for uri, mime in uris]
-    parts.append({"text": score_prompt(example["instruction"])})
+    parts.append({"text": score_prompt(example["instruction"], judge)})
     return {
         "contents": [
             {"role": "user", "parts": parts},
-            {"role": "model", "parts": [{"text": target_json(*example["truth"])}]},
+            {"role": "model", "parts": [{"text": target_json(*example["truth"], judge)}]},
         ]
     }
 
 
-def openai_line(example: dict[str, Any]) -> dict[str, Any]:
+def openai_line(example: dict[str, Any], judge: Any = None) -> dict[str, Any]:
     import base64
 
     content: list[dict[str, Any]] = []
@@ -229,16 +290,16 @@ def openai_line(example: dict[str, Any]) -> dict[str, Any]:
         data, mime = _supported_image(image)
         url = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
         content.append({"type": "image_url", "image_url": {"url": url}})
-    content.append({"type": "text", "text": score_prompt(example["instruction"])})
+    content.append({"type": "text", "text": score_prompt(example["instruction"], judge)})
     return {
         "messages": [
             {"role": "user", "content": content},
-            {"role": "assistant", "content": target_json(*example["truth"])},
+            {"role": "assistant", "content": target_json(*example["truth"], judge)},
         ]
     }
 
 
-def trl_row(example: dict[str, Any]) -> dict[str, Any]:
+def trl_row(example: dict[str, Any], judge: Any = None) -> dict[str, Any]:
     return {
         "messages": [
             {
@@ -246,12 +307,12 @@ def trl_row(example: dict[str, Any]) -> dict[str, Any]:
                 "content": [
                     {"type": "image", "text": None},
                     {"type": "image", "text": None},
-                    {"type": "text", "text": score_prompt(example["instruction"])},
+                    {"type": "text", "text": score_prompt(example["instruction"], judge)},
                 ],
             },
             {
                 "role": "assistant",
-                "content": [{"type": "text", "text": target_json(*example["truth"])}],
+                "content": [{"type": "text", "text": target_json(*example["truth"], judge)}],
             },
         ],
         "images": [
@@ -303,9 +364,13 @@ def export_tuning(
     validation_share: float = 0.2,
     seed: int = 0,
     image_uri_prefix: str | None = None,
+    judge_config: str | Path | None = None,
+    prompt: str | None = None,
 ) -> dict[str, Any]:
     """Write the tuning files of one format to `output` (a folder path or URL); returns
-    a summary {format, train, validation, files}."""
+    a summary {format, train, validation, files}. The examples are written for the judge of
+    `judge_config` / the labels' run / the paper, `prompt` replacing its prompt
+    (resolve_judge)."""
     from nhr.labels import parquet_bytes
     from nhr.storage import open_storage
 
@@ -320,6 +385,7 @@ def export_tuning(
                 "--output on gs://"
             )
         prefix = prefix.rstrip("/") + "/"
+    judge = resolve_judge(location, run, judge_config, prompt)
     found, rows = examples(location, run)
     if not found:
         raise TuningExportError(f"{location}: no rated item")
@@ -339,12 +405,12 @@ def export_tuning(
                     if not storage.exists(name):
                         storage.write_bytes(name, data)
                     uris.append((prefix + name, mime))
-                lines.append(vertex_line(example, tuple(uris)))
+                lines.append(vertex_line(example, tuple(uris), judge))
             name, data = f"{side}.jsonl", _jsonl(lines)
         elif format == "openai":
-            name, data = f"{side}.jsonl", _jsonl([openai_line(e) for e in chosen])
+            name, data = f"{side}.jsonl", _jsonl([openai_line(e, judge) for e in chosen])
         else:
-            name, data = f"{side}.parquet", _trl_parquet([trl_row(e) for e in chosen])
+            name, data = f"{side}.parquet", _trl_parquet([trl_row(e, judge) for e in chosen])
         storage.write_bytes(name, data)
         files.append(name)
     held = {e["item"] for e in sides["validation"]}
@@ -357,6 +423,8 @@ def export_tuning(
         "validation_share": validation_share,
         "train": sorted(e["item"] for e in sides["train"]),
         "validation": sorted(held),
+        # the judge the examples were written for: its prompt, parser and scale
+        "judge": judge.model_dump(exclude={"max_tokens"}),
     }
     storage.write_bytes("split.json", json.dumps(summary, indent=2).encode("utf-8"))
     files += ["labels-validation.parquet", "split.json"]

@@ -34,13 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from nhr.config import NhrConfig
-from nhr.pipeline import EXPORT, build_stages, release_stage
+from nhr.pipeline import EXPORT, base_name, build_stages, release_stage
 from nhr.store import RunDirError, RunStore, first_line, parse_table
 
 log = logging.getLogger(__name__)
 
 # Columns holding image digests, by stage table; a stage not listed references no image.
 IMAGE_COLUMNS = {
+    "design": ("source_image",),  # a photo run's normalised photos (sources.kind: images)
     "generate": ("image",),
     "edit": ("source_image", "edited_image"),
     "select": ("source_image", "edited_image"),
@@ -100,7 +101,9 @@ def check_run(store: RunStore, config: NhrConfig, *, thorough: bool = True) -> l
             producers: dict[str, tuple[str, int | None]] = {}  # digest -> what redoes it
             for stage, key, rows, digest, repair_shard in tables_by_shard[shard]:
                 table = _check_table(store, key, rows, digest, problems, stage, repair_shard)
-                for column in IMAGE_COLUMNS.get(stage, ()) if table is not None else ():
+                for column in IMAGE_COLUMNS.get(base_name(stage), ()) if table is not None else ():
+                    if column not in table.column_names:  # a table of an older nhr
+                        continue
                     for image in table.column(column).to_pylist():
                         if image and image not in producers:
                             producers[image] = (stage, repair_shard)

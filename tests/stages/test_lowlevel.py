@@ -1,4 +1,4 @@
-"""The connected-component check of NHR-METHOD §3 on crafted images."""
+"""The connected-component check of docs/method.md §3 on crafted images."""
 
 import numpy as np
 import pytest

@@ -1,5 +1,6 @@
 from types import SimpleNamespace
 
+from nhr.config import parse_config
 from nhr.stages.select import SelectStage
 from nhr.stats import StageStats
 
@@ -25,7 +26,8 @@ def score(cid, adherence, aesthetics, status="ok"):
 
 
 def run_select(edits, validations):
-    ctx = SimpleNamespace(stats=StageStats(), progress=lambda n: None)
+    config = parse_config({"models": "sim"})  # select.best_of: pointwise, the default
+    ctx = SimpleNamespace(stats=StageStats(), progress=lambda n: None, config=config)
     return SelectStage().run(ctx, {"edit": edits, "validate": validations}), ctx.stats
 
 

@@ -1,6 +1,6 @@
 """Compute estimates: what a target dataset size costs, from this run's measured rates.
 
-The paper's advice (NHR-METHOD §5): target ~= attempts x product(stage survival) x
+The paper's advice (docs/method.md §5): target ~= attempts x product(stage survival) x
 augmentation. Equivalently, and with fewer assumptions, every stage's model calls and seconds
 scale with the number of released triplets: calls per released triplet, measured here, times
 the target.
@@ -79,3 +79,40 @@ def estimate_markdown(estimate: dict[str, Any]) -> str:
             f"{s['expected_model_seconds']:,} |"
         )
     return "\n".join(lines)
+
+
+# The reference run (arXiv 2507.14119, survival table; docs/method.md §5): edit attempts per
+# source that passed the gate (3,072,385 on 515,584, with M = 5 editor seeds per pair).
+REFERENCE_ATTEMPTS_PER_SOURCE = 3_072_385 / 515_584
+
+
+def reference_calls(config: NhrConfig, prompts: int) -> dict[str, int]:
+    """Model calls per role to expect for `prompts` prompts before anything is mined: the
+    config's N, M, B and budget, and the reference run's survival rates per stage."""
+    from nhr.analysis.survival import REFERENCE_CHANGE as ref
+
+    sources = prompts * config.generate.images_per_prompt
+    passed = sources * (1 + ref["plausibility gate"])
+    attempts = passed * REFERENCE_ATTEMPTS_PER_SOURCE * config.schedule.seeds_per_pair / 5
+    budget = config.schedule.budget
+    if budget.edits is not None:
+        attempts = min(attempts, budget.edits)
+    if budget.cost is not None and budget.cost_per_megapixel == 0 and budget.cost_per_edit > 0:
+        attempts = min(attempts, budget.cost / budget.cost_per_edit)
+    validated = attempts * (1 + ref["pre-filter (VLM)"]) * (1 + ref["low-level check"])
+    forward = validated * (1 + ref["validator"]) * (1 + ref["best-of selection"])
+    calls = {
+        "designer": design_batches(config, prompts),
+        "generator": sources,
+        "gate": sources,
+        "editor": attempts,
+        "prefilter": attempts,  # candidates: each gets the pre-filter's checks
+        "validator": validated,
+    }
+    if config.invert.enabled:
+        calls["inverter"] = forward
+        if config.backward.enabled:
+            calls["validator"] += forward  # every inverse is scored
+        if config.compose.enabled and config.compose.revalidate:
+            calls["validator"] += forward * (1 + ref["inversion"]) * ref["composition"]
+    return {role: round(count) for role, count in calls.items()}

@@ -4,7 +4,6 @@ then reads the shards finished so far and says so)."""
 
 from __future__ import annotations
 
-import html
 import io
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -13,16 +12,12 @@ from typing import Any
 import numpy as np
 
 from nhr.analysis.estimate import compute_estimate, estimate_markdown
+from nhr.analysis.rejections import collect_rejections
 from nhr.analysis.survival import released_per_forward, survival_markdown, survival_table
 from nhr.analysis.thresholds import find_knees, grid, survival_curve
 from nhr.config import parse_config
-from nhr.ids import unit_interval
 from nhr.records import OK
 from nhr.store import RunStore
-
-GALLERY_PER_GROUP = 3
-REJECTED_SAMPLE = 24
-THUMBNAIL = 192
 
 
 def finished_rows(store: RunStore, stage: str) -> list[dict[str, Any]]:
@@ -35,9 +30,15 @@ def finished_rows(store: RunStore, stage: str) -> list[dict[str, Any]]:
     return [row for shard in shards for row in store.read_rows(stage, shard)]
 
 
+def has_tables(store: RunStore, stage: str) -> bool:
+    return any(n.endswith(".parquet") for n in store.storage.names(store.stage_folder(stage)))
+
+
 def build_report(run_dir: str | Path, target: int = 100_000) -> dict[str, Any]:
     from nhr.pipeline import release_stage
     from nhr.run import collect_stats
+    from nhr.scheduler import target_mix_report
+    from nhr.status import run_state
 
     store = RunStore(run_dir)
     raw_config = store.read_config()
@@ -55,6 +56,7 @@ def build_report(run_dir: str | Path, target: int = 100_000) -> dict[str, Any]:
     thresholds = grid()
     curve = survival_curve(adherence, aesthetics, thresholds)
     knees = find_knees(thresholds, curve, len(validated))
+    configured = (config.validate_.adherence_threshold, config.validate_.aesthetics_threshold)
     curve_data = {
         "pool": len(validated),
         "thresholds": thresholds.tolist(),
@@ -62,40 +64,158 @@ def build_report(run_dir: str | Path, target: int = 100_000) -> dict[str, Any]:
         "knees": None if knees is None else [knees.first, knees.second],
         "knee_changes": None if knees is None else [knees.first_change, knees.second_change],
         "suggested_threshold": None if knees is None else knees.suggested,
-        "configured_thresholds": [
-            config.validate_.adherence_threshold,
-            config.validate_.aesthetics_threshold,
-        ],
+        "configured_thresholds": list(configured),
+        # the yield of each operating point: the share of the validated pool it keeps
+        "configured_share": kept_share(adherence, aesthetics, *configured),
+        "suggested_share": None
+        if knees is None
+        else kept_share(adherence, aesthetics, knees.suggested, knees.suggested),
     }
     estimate = compute_estimate(stats, config, target)
     categories = category_yield(store, release_stage(config))
+    state, state_words = run_state(run_dir, stats["complete"])
     summary = {
         "complete": stats["complete"],
+        "state": state,
+        "state_words": state_words,
         "released": (stats["dataset"] or {}).get("rows"),
         "released_per_forward": ratio,
         "survival": table,
         "survival_curve": curve_data,
         "estimate": estimate,
         "categories": categories,
+        "target_mix": target_mix_report(config, categories),  # None without brief.target_mix
+        "reasons": stage_reasons(stats),
+        "header": run_header(config, raw_config),
     }
     store.write_json(f"{out}/stats.json", stats)
     store.write_json(f"{out}/survival.json", {"rows": table, "released_per_forward": ratio})
     store.write_json(f"{out}/survival_curve.json", curve_data)
     store.write_json(f"{out}/categories.json", categories)
+    store.write_json(f"{out}/reasons.json", summary["reasons"])
     if estimate:
         store.write_json(f"{out}/estimate.json", estimate)
-    plot = plot_curve(thresholds, curve, knees, store, f"{out}/survival_curve.png")
+    plot = plot_curve(thresholds, curve, knees, configured, store, f"{out}/survival_curve.png")
     markdown = report_markdown(summary, plot)
     store.write_bytes(f"{out}/report.md", markdown.encode("utf-8"))
     store.write_bytes(f"{out}/survival.md", (survival_markdown(table) + "\n").encode("utf-8"))
-    write_gallery(store, release_stage(config), summary, out, plot)
+    from nhr.analysis.report_page import write_page
+
+    # the stages of this run, in order, that keep tables (export writes none)
+    stages = [stage["stage"] for stage in stats["stages"] if has_tables(store, stage["stage"])]
+    rejected = collect_rejections(stages, lambda stage: finished_rows(store, stage))
+    write_page(store, release_stage(config), summary, rejected, out, plot)
     return summary
+
+
+def kept_share(adherence: np.ndarray, aesthetics: np.ndarray, low_adh: float, low_aes: float):
+    """Share of the validated pool with both scores at or above the pair (None: empty pool)."""
+    if adherence.size == 0:
+        return None
+    kept = (adherence >= low_adh - 1e-6) & (aesthetics >= low_aes - 1e-6)
+    return round(float(kept.mean()), 6)
+
+
+def yield_sentence(curve: dict[str, Any]) -> str | None:
+    """What the suggested threshold costs (or gains) in yield against the configured one."""
+    suggested, share = curve["suggested_threshold"], curve["suggested_share"]
+    configured, configured_share = curve["configured_thresholds"], curve["configured_share"]
+    if suggested is None or share is None or configured_share is None:
+        return None
+    pair = (
+        f"{configured[0]:g}"
+        if configured[0] == configured[1]
+        else f"adherence {configured[0]:g} / aesthetics {configured[1]:g}"
+    )
+    text = (
+        f"The suggested threshold {suggested:.2f} keeps {share:.1%} of the validated pool; "
+        f"the configured {pair} keeps {configured_share:.1%}."
+    )
+    if configured_share > 0 and abs(share - configured_share) > 1e-9:
+        change = share / configured_share - 1
+        text += f" Moving to the suggestion would change the validator's yield by {change:+.1%}" + (
+            " (fewer, stricter triplets)." if change < 0 else " (more, looser triplets)."
+        )
+    elif abs(share - configured_share) <= 1e-9:
+        text += " Same yield: the configured threshold already sits at the suggestion."
+    return text
+
+
+def stage_reasons(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every stage's drop and failure reasons with counts, in stage order (from stats.json,
+    so any stage the run has is listed)."""
+    from nhr.analysis.rejections import reason_words
+
+    rows = []
+    for stage in stats["stages"]:
+        for outcome in ("dropped", "failed"):
+            for reason, count in sorted(
+                (stage.get(outcome) or {}).items(), key=lambda item: (-item[1], item[0])
+            ):
+                if not count:
+                    continue
+                rows.append(
+                    {
+                        "stage": stage["stage"],
+                        "outcome": outcome,
+                        "reason": reason,
+                        "meaning": reason_words(_base_reason(reason)),
+                        "count": count,
+                        "share_of_stage_input": count / stage["rows_in"]
+                        if stage.get("rows_in")
+                        else None,
+                    }
+                )
+    return rows
+
+
+def _base_reason(reason: str) -> str:
+    # backward counts "forward_backward_inconsistent" for the rows marked backward_inconsistent
+    for prefix in ("forward_", "inverse_", "composite_"):
+        if reason.startswith(prefix) and reason[len(prefix) :] in _KNOWN_SUFFIXES:
+            return reason[len(prefix) :]
+    return reason
+
+
+_KNOWN_SUFFIXES = {"backward_inconsistent", "inverse_unavailable", "parent_dropped"}
+
+
+def run_header(config: Any, raw_config: dict[str, Any]) -> dict[str, Any]:
+    """What the run was: nhr version, seed, every model per role, thresholds, the config."""
+    import yaml
+
+    import nhr
+
+    models = {}
+    for role in type(config.models).model_fields:
+        model = getattr(config.models, role)
+        if model is not None:  # an optional role the run does not use
+            models[role] = f"{model.backend}:{model.model}"
+    validate = config.validate_
+    thresholds = {
+        "validator": [validate.adherence_threshold, validate.aesthetics_threshold],
+        "per_operation": {
+            op: pair.model_dump(exclude_none=True)
+            for op, pair in sorted(validate.thresholds.items())
+        },
+    }
+    if config.invert.enabled and config.backward.enabled:
+        thresholds["backward"] = [
+            config.backward.adherence_threshold or validate.adherence_threshold,
+            config.backward.aesthetics_threshold or validate.aesthetics_threshold,
+        ]
+    return {
+        "nhr_version": nhr.__version__,
+        "seed": config.run.seed,
+        "prompts": config.run.prompts,
+        "models": models,
+        "thresholds": thresholds,
+        "config_yaml": yaml.safe_dump(raw_config, sort_keys=True, allow_unicode=True),
+    }
 
 
 def category_yield(store: RunStore, release: str) -> list[dict[str, Any]]:
     """Per operation: editor attempts, validator passes, forward triplets and releases."""
-    from nhr import taxonomy
-
     per: dict[str, Counter] = defaultdict(Counter)
     candidates = finished_rows(store, "edit")
     operation_of = {c["candidate_id"]: c["operation"] for c in candidates}
@@ -112,14 +232,12 @@ def category_yield(store: RunStore, release: str) -> list[dict[str, Any]]:
         if row["status"] == OK:
             per[row["operation"]]["released"] += 1
     rows = []
-    for operation, counts in sorted(per.items()):
-        label = (
-            taxonomy.OPERATIONS[operation].label if operation in taxonomy.OPERATIONS else operation
-        )
+    for operation, counts in per.items():
         rows.append(
             {
                 "operation": operation,
-                "category": label,
+                "category": category_label(operation),
+                "composite": "+" in operation,
                 **{k: counts[k] for k in ("attempts", "validated", "pairs", "forward", "released")},
                 "pass_rate": counts["validated"] / counts["attempts"]
                 if counts["attempts"]
@@ -127,10 +245,23 @@ def category_yield(store: RunStore, release: str) -> list[dict[str, Any]]:
                 "pair_success": counts["forward"] / counts["pairs"] if counts["pairs"] else None,
             }
         )
-    return rows
+    # single operations first, then composites, each alphabetically by their label
+    return sorted(rows, key=lambda r: (r["composite"], r["category"].lower(), r["operation"]))
 
 
-def plot_curve(thresholds, curve, knees, store: RunStore, key: str) -> bool:
+def category_label(operation: str) -> str:
+    """The readable label of an operation key; a composite "a+b" reads "A & B"."""
+    from nhr import taxonomy
+
+    parts = operation.split("+")
+    if all(part in taxonomy.OPERATIONS for part in parts):
+        return " & ".join(taxonomy.OPERATIONS[part].label for part in parts)
+    return operation
+
+
+def plot_curve(thresholds, curve, knees, configured, store: RunStore, key: str) -> bool:
+    """S(T) with the configured threshold, the two knees (labelled with their fall) and the
+    suggested threshold marked."""
     try:
         import matplotlib
 
@@ -138,18 +269,38 @@ def plot_curve(thresholds, curve, knees, store: RunStore, key: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    figure, axis = plt.subplots(figsize=(6, 3.6), dpi=110)
-    axis.plot(thresholds, curve, marker=".", color="#1f5fa8")
+    figure, axis = plt.subplots(figsize=(6.4, 3.8), dpi=110)
+    axis.plot(thresholds, curve, marker=".", color="#1f5fa8", label="S(T)")
+    for value, style in zip(sorted(set(configured)), ("-", "--")):
+        axis.axvline(
+            value,
+            color="#2e7d32",
+            linestyle=style,
+            linewidth=1.2,
+            label=f"configured T = {value:g}",
+        )
     if knees is not None:
-        for knee in (knees.first, knees.second):
+        for knee, change in (
+            (knees.first, knees.first_change),
+            (knees.second, knees.second_change),
+        ):
             axis.axvline(knee, color="#999", linestyle=":", linewidth=1)
+            index = int(np.argmin(np.abs(np.asarray(thresholds) - knee)))
+            axis.annotate(
+                f"knee {knee:.2f}\n({change:+.0%})",
+                xy=(knee, curve[index]),
+                xytext=(-58, 18 if knee == knees.first else -6),
+                textcoords="offset points",
+                fontsize=8,
+                arrowprops={"arrowstyle": "-", "color": "#777", "linewidth": 0.8},
+            )
         axis.axvline(
             knees.suggested,
             color="#c0392b",
             linewidth=1.2,
             label=f"suggested T = {knees.suggested:.2f}",
         )
-        axis.legend(loc="lower left")
+    axis.legend(loc="lower left", fontsize=8)
     axis.set_xlabel("threshold T (both scores >= T)")
     axis.set_ylabel("share of validated pool")
     axis.set_title("Survival curve S(T)")
@@ -164,15 +315,20 @@ def plot_curve(thresholds, curve, knees, store: RunStore, key: str) -> bool:
 
 def report_markdown(summary: dict[str, Any], plot: bool) -> str:
     curve = summary["survival_curve"]
+    header = summary["header"]
+    state = {
+        "finished": "finished.",
+        "mining": f"**{summary['state_words']}** — still mining: numbers cover the shards "
+        "finished so far.",
+        "stopped": f"**{summary['state_words']}** — numbers cover the shards finished so far.",
+    }[summary["state"]]
     lines = [
         "# nhr run report",
         "",
-        "Run state: "
-        + (
-            "finished."
-            if summary["complete"]
-            else "**still mining** — numbers cover the shards finished so far."
-        ),
+        f"Run state: {state}",
+        "",
+        f"nhr {header['nhr_version']} · seed {header['seed']} · {header['prompts']:,} prompts · "
+        "models: " + ", ".join(f"{role} `{name}`" for role, name in header["models"].items()),
         "",
         "## Survival",
         "",
@@ -191,6 +347,8 @@ def report_markdown(summary: dict[str, Any], plot: bool) -> str:
             f"Knees at T = {curve['knees'][0]:.2f} and {curve['knees'][1]:.2f}; suggested "
             f"threshold (their midpoint): **{curve['suggested_threshold']:.2f}** "
             f"(configured: {curve['configured_thresholds'][0]}).",
+            "",
+            yield_sentence(curve) or "",
             "",
         ]
     else:
@@ -211,118 +369,13 @@ def report_markdown(summary: dict[str, Any], plot: bool) -> str:
             f"| {c['category']} | {c['attempts']} | {rate} | {c['pairs']} | "
             f"{c['forward']} | {c['released']} |"
         )
-    return "\n".join(lines) + "\n"
-
-
-def _thumbnail(store: RunStore, digest: str, out: str) -> str:
-    """A small PNG copy of an image in report/images, so the gallery stays light."""
-    from PIL import Image
-
-    name = f"images/{digest[:16]}.png"
-    key = f"{out}/{name}"
-    if not store.storage.exists(key):
-        with Image.open(io.BytesIO(store.images.get(digest))) as image:
-            image = image.convert("RGB")
-            image.thumbnail((THUMBNAIL, THUMBNAIL))
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-        store.write_bytes(key, buffer.getvalue())
-    return name
-
-
-def _sample(rows: list[dict[str, Any]], key: str, count: int, salt: str) -> list[dict[str, Any]]:
-    return sorted(rows, key=lambda r: unit_interval(salt, r[key]))[:count]
-
-
-def _card(store: RunStore, out: str, source: str, edited: str, caption: str, detail: str) -> str:
-    e = html.escape
-    return (
-        '<figure class="card"><div class="pair">'
-        f'<img src="{e(_thumbnail(store, source, out))}" alt="source">'
-        f'<img src="{e(_thumbnail(store, edited, out))}" alt="edited"></div>'
-        f'<figcaption><p class="instr">{e(caption)}</p><p class="meta">{e(detail)}</p>'
-        "</figcaption></figure>"
-    )
-
-
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{value:+.1%}"
-
-
-def write_gallery(
-    store: RunStore, release: str, summary: dict[str, Any], out: str, plot: bool
-) -> None:
-    e = html.escape
-    released = [r for r in finished_rows(store, release) if r["status"] == OK]
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in released:
-        groups[(row["kind"], row["category"])].append(row)
-    sections = []
-    for (kind, category), rows in sorted(groups.items()):
-        cards = [
-            _card(
-                store,
-                out,
-                r["source_image"],
-                r["edited_image"],
-                r["instruction"],
-                f"adherence {r['adherence']}, aesthetics {r['aesthetics']}",
-            )
-            for r in _sample(rows, "triplet_id", GALLERY_PER_GROUP, "gallery")
+    lines += ["", "## Drops and failures per stage", ""]
+    if summary["reasons"]:
+        lines += ["| stage | outcome | reason | count |", "|---|---|---|---:|"]
+        lines += [
+            f"| {r['stage']} | {r['outcome']} | {r['reason']} | {r['count']:,} |"
+            for r in summary["reasons"]
         ]
-        sections.append(
-            f"<h3>{e(kind)} · {e(category)} <small>({len(rows)})</small></h3>"
-            f'<div class="grid">{"".join(cards)}</div>'
-        )
-    candidates = {c["candidate_id"]: c for c in finished_rows(store, "edit")}
-    rejected = [
-        {
-            **candidates[r["candidate_id"]],
-            "why": r["reason"],
-            "scores": f"adherence {r.get('adherence')}, aesthetics {r.get('aesthetics')}",
-        }
-        for stage in ("prefilter", "validate")
-        for r in finished_rows(store, stage)
-        if r["status"] != OK
-        and r["candidate_id"] in candidates
-        and candidates[r["candidate_id"]]["edited_image"]
-    ]
-    rejected_cards = [
-        _card(
-            store,
-            out,
-            r["source_image"],
-            r["edited_image"],
-            r["instruction"],
-            f"rejected: {r['why']} — {r['scores']}",
-        )
-        for r in _sample(rejected, "candidate_id", REJECTED_SAMPLE, "rejected")
-    ]
-    state = "finished" if summary["complete"] else "still mining: partial results"
-    rows_html = "".join(
-        f"<tr><td>{e(r['step'])}</td><td>{_pct(r['change'])}</td>"
-        f"<td>{r['remaining']:,} {e(r['unit'])}</td><td>{_pct(r['reference_change'])}</td></tr>"
-        for r in summary["survival"]
-    )
-    ratio = summary["released_per_forward"]
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>nhr report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .25rem .6rem; }}
-.grid {{ display: flex; flex-wrap: wrap; gap: 1rem; }}
-.card {{ width: 400px; margin: 0; border: 1px solid #ddd; padding: .5rem; }}
-.pair img {{ width: 192px; height: auto; margin-right: 4px; }}
-.instr {{ font-weight: 600; margin: .3rem 0; }} .meta {{ color: #666; margin: 0; font-size: .85rem; }}
-</style></head><body>
-<h1>nhr run report</h1>
-<p>Run state: <strong>{e(state)}</strong>. Released: {summary["released"] or 0}.
-Released / forward: {"" if ratio is None else f"{ratio:.2f}"}.</p>
-<h2>Survival</h2>
-<table><tr><th>stage</th><th>change</th><th>remaining</th><th>reference</th></tr>{rows_html}</table>
-{'<h2>Survival curve</h2><img src="survival_curve.png" alt="survival curve">' if plot else ""}
-<h2>Released triplets</h2>{"".join(sections) or "<p>none yet</p>"}
-<h2>Rejected candidates</h2><div class="grid">{"".join(rejected_cards) or "<p>none</p>"}</div>
-</body></html>
-"""
-    store.write_bytes(f"{out}/index.html", page.encode("utf-8"))
+    else:
+        lines.append("Nothing was dropped and nothing failed.")
+    return "\n".join(lines) + "\n"

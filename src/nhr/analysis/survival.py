@@ -1,10 +1,10 @@
-"""The survival table in the layout of NHR-METHOD §5, from a run's stats.json content."""
+"""The survival table in the layout of docs/method.md §5, from a run's stats.json content."""
 
 from __future__ import annotations
 
 from typing import Any
 
-# Change of each step in the reference run (NHR-METHOD §5), for comparison.
+# Change of each step in the reference run (docs/method.md §5), for comparison.
 REFERENCE_CHANGE = {
     "plausibility gate": -0.560,
     "pre-filter (VLM)": -0.570,

@@ -1,4 +1,4 @@
-"""The survival curve S(T) and the knee-midpoint threshold rule (NHR-METHOD §4).
+"""The survival curve S(T) and the knee-midpoint threshold rule (docs/method.md §4).
 
 S(T) is the share of the validated pool whose adherence AND aesthetics are both >= T. In the
 reference run S(T) declines gently, then falls off a cliff; the operating point is the midpoint

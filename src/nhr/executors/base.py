@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -24,7 +25,7 @@ from nhr.backends import create_backend
 from nhr.cache import CachedBackend
 from nhr.calls import FailureWatch
 from nhr.config import NhrConfig
-from nhr.pipeline import build_stages
+from nhr.pipeline import base_name, build_stages
 from nhr.run import (
     MineResult,
     finish_run,
@@ -180,7 +181,7 @@ class StageAdapter:
         ctx = self._context(stage, watch, progress)
         started = time.perf_counter()
         rows, _, loads = self._call(stage, ctx, inputs)
-        digest = self.store.write_rows(stage.name, shard, rows, SCHEMAS[stage.name])
+        digest = self.store.write_rows(stage.name, shard, rows, SCHEMAS[base_name(stage.name)])
         marker = {
             "rows": len(rows),
             "table_sha256": digest,
@@ -221,7 +222,7 @@ class StageAdapter:
                 raise ValueError(f"{stage.name} yielded shard {shard} twice or out of order")
             while len(tables) <= shard:  # a shard with no rows still gets its (empty) table
                 written = rows if len(tables) == shard else []
-                schema = SCHEMAS[stage.name]
+                schema = SCHEMAS[base_name(stage.name)]
                 tables.append(self.store.write_rows(stage.name, len(tables), written, schema))
                 table_rows.append(len(written))
 
@@ -245,25 +246,117 @@ class StageAdapter:
         return marker
 
 
+# Seconds between progress lines when stderr is not a terminal (a log file, a batch job).
+PROGRESS_EVERY_S = float(os.environ.get("NHR_PROGRESS_EVERY", "30"))
+
+
 class Progress:
-    """One progress bar per stage: units done out of units to do, with the number of items
-    (model requests) finished so far, so a long shard still shows movement."""
+    """The progress of one stage: units done out of the stage's total (on resume the units
+    done before count as done), with the number of items (model requests) finished so far,
+    so a long shard still shows movement. A stage that counts its own progress (design:
+    prompts) advances the bar with `items` instead (`counts_items`).
 
-    def __init__(self, stage: str, shards: int) -> None:
-        from tqdm import tqdm
+    On a terminal it is a tqdm bar; elsewhere (a log file, a batch job's output) one line
+    every `every` seconds, with the rate and the ETA, and one when the stage ends, instead of
+    a carriage-return update per item."""
 
+    def __init__(
+        self,
+        stage: str,
+        total: int,
+        done: int = 0,
+        unit: str = "shard",
+        counts_items: bool = False,
+        stream: Any = None,
+        every: float | None = None,
+    ) -> None:
+        import sys
+
+        self.stage, self.total, self.unit = stage, max(total, done), unit
+        self.start_done = self.done = done
+        self.counts_items = counts_items
         self.count = 0
-        self.bar = tqdm(total=shards, desc=f"{stage:>12}", unit="shard", dynamic_ncols=True)
+        self.stream = stream if stream is not None else sys.stderr
+        self.every = PROGRESS_EVERY_S if every is None else every
+        self.started = self.last_line = time.monotonic()
+        self.bar = None
+        if _is_terminal(self.stream):
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=self.total,
+                initial=done,
+                desc=f"{stage:>12}",
+                unit=unit,
+                dynamic_ncols=True,
+                file=self.stream,
+            )
 
     def items(self, count: int) -> None:
         self.count += count
-        self.bar.set_postfix_str(f"{self.count} items", refresh=True)
+        if self.counts_items:
+            self._advance(min(count, self.total - self.done))
+        elif self.bar is not None:
+            self.bar.set_postfix_str(f"{self.count} items", refresh=True)
+        else:
+            self._maybe_line()
 
     def shard_done(self) -> None:
-        self.bar.update(1)
+        if not self.counts_items:
+            self._advance(1)
+
+    def _advance(self, units: int) -> None:
+        self.done += units
+        if self.bar is not None:
+            self.bar.update(units)
+        else:
+            self._maybe_line()
+
+    def _maybe_line(self) -> None:
+        if time.monotonic() - self.last_line >= self.every:
+            self._line()
+
+    def _line(self, final: bool = False) -> None:
+        self.last_line = now = time.monotonic()
+        elapsed = now - self.started
+        share = self.done / self.total if self.total else 1.0
+        parts = [f"{self.stage}: {self.done:,}/{self.total:,} {self.unit}s ({share:.0%})"]
+        if not self.counts_items:
+            parts.append(f"{self.count:,} items")
+        made = self.done - self.start_done
+        if final:
+            parts.append(f"done in {_duration(elapsed)}")
+        elif made > 0:
+            rate = made / elapsed
+            parts.append(f"{rate:.3g} {self.unit}s/s")
+            parts.append(f"ETA {_duration((self.total - self.done) / rate)}")
+        elif self.count and not self.counts_items:
+            parts.append(f"{self.count / elapsed:.3g} items/s")
+        print(", ".join(parts), file=self.stream, flush=True)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            self._line(final=True)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 class DeferredMarkers:
@@ -298,6 +391,9 @@ class Executor(ABC):
     shards without an up-to-date marker (`run_shards`). Then export and stats (nhr.run)."""
 
     name = "?"
+    # Whether a stage's own progress (ctx.progress) reaches the bar while a global unit runs;
+    # where it does not (a unit run by a remote worker), the bar counts units.
+    streams_progress = False
 
     def __init__(self, config: NhrConfig, store: RunStore, show_progress: bool = True) -> None:
         self.config = config
@@ -334,7 +430,17 @@ class Executor(ABC):
         return FailureWatch(stage.name, self.config.retry.stop_after_failures)
 
     def progress(self, stage: Stage, units: int) -> Progress | None:
-        return Progress(stage.name, units) if self.show_progress else None
+        """The progress of a stage with `units` to run now: of a shard stage, out of all its
+        shards (those done before a resume count as done); a stage that counts its own
+        progress (`progress_total`, design: prompts) in its own unit."""
+        if not self.show_progress:
+            return None
+        own_total = getattr(stage, "progress_total", None)
+        if own_total is not None and self.streams_progress:
+            total, unit = own_total(self.config)
+            return Progress(stage.name, total, unit=unit, counts_items=True)
+        total = units if stage.global_scope else max(units, shard_count(self.store))
+        return Progress(stage.name, total, done=total - units)
 
     @abstractmethod
     def run_shards(self, stage: Stage, shards: list[int]) -> None:

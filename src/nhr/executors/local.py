@@ -20,6 +20,7 @@ class LocalExecutor(Executor):
     """Units run one after another in this process, all sharing one BackendPool."""
 
     name = "local"
+    streams_progress = True
 
     def __init__(self, config: NhrConfig, store: RunStore, show_progress: bool = True) -> None:
         super().__init__(config, store, show_progress)

@@ -68,9 +68,11 @@ def export_run(
     mini: int | None = None,
     seed: int = 0,
     hub_repo: str | None = None,
+    private: bool = False,
 ) -> dict[str, Any]:
     """Export a finished run in format `fmt` to `output` (default RUN/exports/<fmt>); returns
-    the summary also written to OUT/nhr-export.json, plus `output`."""
+    the summary also written to OUT/nhr-export.json, plus `output`. With `hub_repo` the
+    export is then uploaded to that Hub dataset repository (`private`: as a private one)."""
     from nhr.config import parse_config
     from nhr.lock import run_lock
     from nhr.pipeline import release_stage
@@ -123,5 +125,5 @@ def export_run(
             }
             folder.write_bytes(MANIFEST, json.dumps(summary, indent=2, sort_keys=True).encode())
     if hub_repo is not None:
-        push_to_hub(str(target), hub_repo, summary["rows"])
+        push_to_hub(str(target), hub_repo, summary["rows"], private=private)
     return {**summary, "output": str(target)}

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nhr.exports.common import SPLITS, ExportJob, image_cell, triplet_rows
+from nhr.exports.common import SPLITS, ExportError, ExportJob, image_cell, triplet_rows
 from nhr.storage import FolderWriter
 
 ROW_GROUP = 32  # rows of 1 MP images per row group: memory stays flat (as nhr/stages/export.py)
@@ -87,34 +87,75 @@ def write_hf(job: ExportJob, folder: FolderWriter) -> dict[str, Any]:
         return out
 
     counts = write_splits(job, folder, lambda: triplet_rows(job), DATASET_SCHEMA, record)
-    card = "\n\n".join(
-        [
-            card_header(counts),
-            "# Image-editing triplets mined with nhr",
-            "Each row is a <source image, instruction, edited image> triplet mined without "
-            "human labels. Scores are the validator's, on a 1-5 scale. The split is by source "
-            "image: a source, its inverses and its composites are always in the same split.",
-            split_table(counts),
-            'Load it with:\n\n```python\nimport datasets\nds = datasets.load_dataset("path/to/'
-            'this/folder")\n```',
-        ]
-    )
-    folder.write_bytes("README.md", (card + "\n").encode("utf-8"))
+    folder.write_bytes("README.md", hf_card(job, counts).encode("utf-8"))
     return {"rows": counts}
 
 
-def push_to_hub(output: str, repo: str, counts: dict[str, int]) -> None:
-    """Upload the `hf` export at `output` to the Hub dataset repository `repo` through the
-    `datasets` library (it reads the token from `HF_TOKEN` or `huggingface-cli login`)."""
-    import datasets
+def hf_card(job: ExportJob, splits: dict[str, int]) -> str:
+    """The full dataset card (nhr/exports/card.py) of an `hf` export: what is published with
+    `--push-to-hub`."""
+    from collections import Counter
 
-    data_files = {
-        split: f"{str(output).rstrip('/')}/data/{split}-*.parquet"
-        for split in SPLITS
-        if counts[split]
-    }
+    from nhr.analysis.survival import survival_markdown, survival_table
+    from nhr.config import parse_config
+    from nhr.exports.card import dataset_card
+    from nhr.run import collect_stats
+
+    config = parse_config(job.store.read_config())
+    counts: dict[str, Counter[str]] = {"kind": Counter(), "category": Counter(), "style": Counter()}
+    for row in triplet_rows(job):
+        for column, counter in counts.items():
+            counter[row[column]] += 1
+    table = survival_table(collect_stats(job.store, config))
+    intro = (
+        "The split is by source image: a source, its inverses and its composites are always "
+        "in the same split."
+    )
+    if job.mini is not None:
+        intro += f" This is a balanced subset of {job.mini:,} rows of the run's dataset."
+    return dataset_card(
+        splits={split: splits[split] for split in SPLITS},
+        counts={name: dict(sorted(c.items())) for name, c in counts.items()},
+        config=config,
+        survival=survival_markdown(table) if table else None,
+        load='import datasets\n\nds = datasets.load_dataset("path/to/this/folder")  # or the '
+        "Hub repository id",
+        intro=intro,
+    )
+
+
+def push_to_hub(output: str, repo: str, counts: dict[str, int], private: bool = False) -> None:
+    """Upload the dataset folder at `output` (`data/<split>-*.parquet` and README.md) to the
+    Hub dataset repository `repo` through the `datasets` library, which reads the token from
+    `HF_TOKEN` or `huggingface-cli login`.
+
+    The card goes up first: `push_to_hub` of `datasets` keeps the text and metadata of the
+    repository's README and only adds its `dataset_info`, so the published card is nhr's."""
+    try:
+        import datasets
+        import fsspec
+        from huggingface_hub import HfApi
+    except ImportError as error:
+        raise ExportError(
+            f"--push-to-hub needs the datasets library ({error}): pip install datasets"
+        ) from None
+
+    root = str(output).rstrip("/")
+    data_files = {split: f"{root}/data/{split}-*.parquet" for split in SPLITS if counts.get(split)}
+    if not data_files:
+        raise ValueError(f"{root}: no rows to push")
     dataset = datasets.load_dataset("parquet", data_files=data_files)
-    dataset.push_to_hub(repo)
+    api = HfApi()
+    api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+    with fsspec.open(f"{root}/README.md", "rb") as card:  # a local folder or a URL
+        api.upload_file(
+            path_or_fileobj=card.read(),
+            path_in_repo="README.md",
+            repo_id=repo,
+            repo_type="dataset",
+            commit_message="Dataset card (nhr)",
+        )
+    dataset.push_to_hub(repo, private=private)
 
 
 # -- ip2p ----------------------------------------------------------------------------------------

@@ -1,2 +1,2 @@
-"""One module per stage of NHR-METHOD §1. Stage code never touches the run directory or knows
+"""One module per stage of docs/method.md §1. Stage code never touches the run directory or knows
 how it is executed: it gets its inputs as rows and a `StageContext`, and returns rows."""

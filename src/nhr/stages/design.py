@@ -125,6 +125,11 @@ class DesignStage:
     global_scope = True
     roles = ("designer",)
 
+    @staticmethod
+    def progress_total(config) -> tuple[int, str]:
+        """What the design bar counts: prompts, not design calls."""
+        return config.run.prompts, "prompt"
+
     def run(self, ctx: StageContext, shards: Any = None) -> Iterator[tuple[int, list[dict]]]:
         """Yields (shard, prompt rows) as each shard of `run.shard_size` prompts is complete,
         so its table is written before the next is designed (reads nothing: `shards` unused)."""
@@ -149,6 +154,7 @@ class DesignStage:
                     designed += 1
                     if row["prompt_index"] < wanted:
                         shard_rows.append(row)
+                        ctx.progress(1)  # the design bar counts prompts (progress_total)
                     if len(shard_rows) == config.run.shard_size:
                         yield row["prompt_index"] // config.run.shard_size, shard_rows
                         shard_rows = []
@@ -186,7 +192,6 @@ class DesignStage:
             else:
                 ctx.save_checkpoint(f"batch-{index:05d}", {"items": result})
             answers[index] = result
-        ctx.progress(len(indices))
         return [answers[index] for index in indices]
 
     def _rows(self, ctx, batch_index, items, designed, seen_prompts, model) -> Iterator[dict]:

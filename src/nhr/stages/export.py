@@ -51,6 +51,12 @@ DATASET_SCHEMA = pa.schema(
         pa.field("generator_model", pa.string()),
         pa.field("editor_model", pa.string()),
         pa.field("validator_model", pa.string()),
+        # where a photo source came from (sources.kind: images; null for generated sources):
+        # the folder or dataset, the file in it or its row, and the licence the dataset gives
+        pa.field("source_origin", pa.string()),
+        pa.field("source_file", pa.string()),
+        pa.field("source_row", pa.int64()),
+        pa.field("source_license", pa.string()),
     ],
     metadata={
         "huggingface": json.dumps(
@@ -72,6 +78,16 @@ def _model_name(model_json: str | None) -> str | None:
         return None
     info = json.loads(model_json)
     return f"{info['backend']}:{info['model']}"
+
+
+def _provenance(source: dict[str, Any]) -> dict[str, Any]:
+    """The export columns saying where a source came from (tables of older runs lack them)."""
+    return {
+        "source_origin": source.get("origin"),
+        "source_file": source.get("origin_file"),
+        "source_row": source.get("origin_row"),
+        "source_license": source.get("license"),
+    }
 
 
 def shard_rows(store: RunStore, shard: int, release: str) -> list[dict[str, Any]]:
@@ -116,6 +132,7 @@ def shard_rows(store: RunStore, shard: int, release: str) -> list[dict[str, Any]
                 "validator_model": _model_name(
                     validations.get(triplet["candidate_id"] or "", {}).get("model")
                 ),
+                **_provenance(sources[triplet["source_id"]]),
             }
         )
     return rows
@@ -181,7 +198,7 @@ def write_dataset(
         if written != total:  # the tables changed between the passes: another writer
             raise RuntimeError(f"{store.where('dataset')}: {total} rows counted, {written} written")
         summary = summarize(written, counts)
-        folder.write_bytes("README.md", dataset_card(summary).encode("utf-8"))
+        folder.write_bytes("README.md", run_card(store, summary).encode("utf-8"))
     return summary
 
 
@@ -194,31 +211,27 @@ def summarize(rows: int, counts: dict[str, Counter[str]]) -> dict[str, Any]:
     }
 
 
-def _table(title: str, counts: dict[str, int]) -> str:
-    lines = [f"| {title} | triplets |", "|---|---:|"]
-    lines += [f"| {name} | {count:,} |" for name, count in counts.items()]
-    return "\n".join(lines)
+def run_card(store: RunStore, summary: dict[str, Any]) -> str:
+    """The dataset card of RUN/dataset: the run's config and survival table, these counts."""
+    from nhr.analysis.survival import survival_markdown, survival_table
+    from nhr.config import parse_config
+    from nhr.exports.card import dataset_card
+    from nhr.run import collect_stats
 
-
-def dataset_card(summary: dict[str, Any]) -> str:
-    return (
-        "\n\n".join(
-            [
-                "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
-                "    path: data/train-*\ntags:\n- image-editing\n- synthetic\n- nhr\n---",
-                "# Image-editing triplets mined with nhr",
-                "Each row is a <source image, instruction, edited image> triplet mined without human "
-                "labels: generated sources, candidate edits, a vision-language validator and "
-                "best-of selection. Scores are the validator's, on a 1-5 scale. `parents` lists the "
-                "candidate or triplet ids a row was made from; `attempts` and `passes` count the "
-                "editor attempts for the pair and how many passed the validator.",
-                f"**{summary['rows']:,} triplets.**",
-                _table("kind", summary["by_kind"]),
-                _table("category", summary["by_category"]),
-                _table("style", summary["by_style"]),
-                "Load it with:\n\n```python\nimport datasets\nds = datasets.load_dataset("
-                '"parquet", data_dir="data")["train"]\n```',
-            ]
-        )
-        + "\n"
+    config = parse_config(store.read_config())
+    # the export marker is written after the card: give the table the released count now
+    stats = {**collect_stats(store, config), "dataset": {"rows": summary["rows"]}}
+    table = survival_table(stats)
+    return dataset_card(
+        splits={"train": summary["rows"]},
+        counts={
+            "kind": summary["by_kind"],
+            "category": summary["by_category"],
+            "style": summary["by_style"],
+        },
+        config=config,
+        survival=survival_markdown(table) if table else None,
+        load='import datasets\n\nds = datasets.load_dataset("path/to/this/folder")["train"]\n'
+        "# or, from a run directory:\n"
+        '# datasets.load_dataset("parquet", data_dir="RUN/dataset/data")["train"]',
     )

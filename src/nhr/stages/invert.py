@@ -25,7 +25,7 @@ from nhr.parsing import ParseError
 from nhr.records import FAILED, OK
 from nhr.stages.base import StageContext, template
 
-# The words NHR-METHOD §2 forbids, with their inflections ("background" is not "back").
+# The words docs/method.md §2 forbids, with their inflections ("background" is not "back").
 BANNED = re.compile(r"\b(revert\w*|undo\w*|undid|restor\w*|back)\b", re.IGNORECASE)
 _PREFIX = re.compile(r"^\s*(?:inverse\s+)?instruction\s*:\s*", re.IGNORECASE)
 

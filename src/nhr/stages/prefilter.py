@@ -2,7 +2,7 @@
 
 Checks run cheapest first and a candidate stops at the first one it fails, so no model call
 is spent on an edit already known to be bad:
-  d) low-level pixel check (NHR-METHOD §3): near no-ops, and scattered changes with no
+  d) low-level pixel check (docs/method.md §3): near no-ops, and scattered changes with no
      coherent edited region (skipped for global operations, which change every pixel);
   a) VLM adherence/aesthetics scores with the validator's prompt, against soft thresholds;
   b) VLM yes/no: no unwanted changes beyond the instruction;
@@ -43,7 +43,7 @@ class LowLevelResult:
 def low_level_check(
     source: np.ndarray, edited: np.ndarray, check: LowLevelCheck, component_rule: bool = True
 ) -> LowLevelResult:
-    """NHR-METHOD §3 on two RGB uint8 arrays of the same shape.
+    """docs/method.md §3 on two RGB uint8 arrays of the same shape.
 
     D = max over channels of |edited - source|. No-op: fewer than `min_changed_share` of the
     pixels change by more than `noop_threshold` (a generous bound on re-encoding noise, so a

@@ -9,10 +9,19 @@ judge cannot reach the target precision on at any threshold: `nhr calibrate
 --exclude-unreachable`) is scored and then dropped with the reason `category_excluded`. How the validator is asked and read (prompt,
 parser, scale) is `validate.judge`; the same requests and parsing serve backward, compose and
 `nhr calibrate --judge` / `nhr score`, so a judge is measured exactly as it is used.
+
+Two quality levers (README "Quality levers"): `validate.samples: K` asks the validator K times
+per candidate, sampled (temperature `validate.sample_temperature`, seed = sample index), and
+keeps the mean or the min of the K readings (`validate.aggregate`) as the row's adherence and
+aesthetics, the readings themselves in `adherence_samples` / `aesthetics_samples`;
+`validate.second_judge` asks `models.second_validator` the same way about every candidate the
+validator passes, and the candidate must pass the same thresholds with it too. With the
+defaults (K = 1, no second judge) the requests and rows are exactly those of one greedy judge.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from string import Template
 from typing import Any
@@ -74,6 +83,57 @@ def parse_viescore(text: str, low: float, high: float) -> tuple[float, float]:
     return adherence, aesthetics
 
 
+def sampled_requests(ctx: StageContext, items: list[dict[str, Any]], samples: int) -> LazyRequests:
+    """K = `samples` requests per item, item by item: with K = 1 the greedy request itself,
+    else each sampled at `validate.sample_temperature` with seed = its sample index, so the K
+    requests (and their cache keys) differ and a rerun asks the same K again."""
+    if samples == 1:
+        return score_requests(ctx, items)
+    base = score_requests(ctx, items)
+    temperature = ctx.config.validate_.sample_temperature
+
+    def build(index: int) -> VisionRequest:
+        item, sample = divmod(index, samples)
+        return dataclasses.replace(base[item], temperature=temperature, seed=sample)
+
+    return LazyRequests(len(items) * samples, build)
+
+
+def aggregate(readings: list[tuple[float, float]], how: str) -> tuple[float, float]:
+    """One (adherence, aesthetics) from K readings: the mean of each score (rounded to 6
+    decimals, so 4.6 and 4.8 average to exactly 4.7), or the min of each (every sample must
+    reach a threshold)."""
+    if len(readings) == 1:
+        return readings[0]
+    adherences, aesthetics = zip(*readings)
+    if how == "min":
+        return min(adherences), min(aesthetics)
+    return round(sum(adherences) / len(readings), 6), round(sum(aesthetics) / len(readings), 6)
+
+
+def sampled_scores(
+    ctx: StageContext, role: str, items: list[dict[str, Any]], on_done=None
+) -> list[Any]:
+    """Per item, the list of its K (adherence, aesthetics) readings by the model of `role`, or
+    the Failure of its first failed sample (a candidate is judged on all K or not at all)."""
+    samples = ctx.config.validate_.samples
+    results = call_model(
+        ctx.backend(role).ask,
+        sampled_requests(ctx, items, samples),
+        batch_size=ctx.config.validate_.batch_size,
+        retry=ctx.config.retry,
+        stats=ctx.stats,
+        parse=score_parser(ctx.config.validate_.judge),
+        on_done=on_done,
+    )
+    grouped = []
+    for start in range(0, len(results), samples):
+        readings = results[start : start + samples]
+        failure = next((r for r in readings if isinstance(r, Failure)), None)
+        grouped.append(failure if failure is not None else list(readings))
+    return grouped
+
+
 def validator_scores(
     ctx: StageContext, items: list[dict[str, Any]], batch_size: int, on_done=None
 ) -> list[Any]:
@@ -93,12 +153,15 @@ def judge_scores(
     config: Any, role: str, images: Any, items: list[dict[str, Any]], on_done=None
 ) -> list[Any]:
     """Score items outside a run (`nhr calibrate --judge`, `nhr score`) with the model of `role`
-    in `config`, asked and read exactly as the validate stage asks and reads its validator."""
+    in `config`, asked and read exactly as the validate stage asks and reads its validator:
+    with `validate.samples` K > 1, K sampled requests per item, aggregated as the stage does."""
     from nhr.backends import create_backend
 
     backend = create_backend(getattr(config.models, role))
     ctx = StageContext(config, images, backends=lambda _role: backend)
-    return validator_scores(ctx, items, config.validate_.batch_size, on_done=on_done)
+    results = sampled_scores(ctx, role, items, on_done=on_done)
+    how = config.validate_.aggregate
+    return [r if isinstance(r, Failure) else aggregate(r, how) for r in results]
 
 
 def passes(
@@ -114,15 +177,18 @@ class ValidateStage:
     name = "validate"
     reads = ("edit", "prefilter")
     global_scope = False
-    roles = ("validator",)
+    roles: tuple[str, ...] = ("validator",)
+
+    def __init__(self, config: Any = None) -> None:
+        if config is not None and config.validate_.second_judge:
+            self.roles = ("validator", "second_validator")
 
     def run(self, ctx: StageContext, inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        settings = ctx.config.validate_
         survivors = {row["candidate_id"] for row in ok_rows(inputs["prefilter"])}
         candidates = [c for c in ok_rows(inputs["edit"]) if c["candidate_id"] in survivors]
         ctx.stats.rows_in = len(candidates)
-        results = validator_scores(
-            ctx, candidates, ctx.config.validate_.batch_size, on_done=ctx.progress
-        )
+        results = sampled_scores(ctx, "validator", candidates, on_done=ctx.progress)
         model = ctx.model_info("validator")
         rows = []
         for candidate, result in zip(candidates, results):
@@ -134,19 +200,60 @@ class ValidateStage:
                 "reason": None,
                 "model": model,
             }
+            if settings.samples > 1:
+                row.update(adherence_samples=None, aesthetics_samples=None)
             if isinstance(result, Failure):
                 row.update(status=FAILED, reason=result.reason)
                 ctx.stats.fail(result.reason)
             else:
-                row["adherence"], row["aesthetics"] = result
-                if ctx.config.validate_.excluded(candidate.get("operation")):
+                scores = aggregate(result, settings.aggregate)
+                row["adherence"], row["aesthetics"] = scores
+                if settings.samples > 1:
+                    row["adherence_samples"] = [a for a, _ in result]
+                    row["aesthetics_samples"] = [b for _, b in result]
+                if settings.excluded(candidate.get("operation")):
                     # scored all the same: the scores stay for the next calibration
                     row.update(status=DROPPED, reason="category_excluded")
                     ctx.stats.drop("category_excluded")
-                elif passes(ctx, *result, candidate.get("operation")):
+                elif passes(ctx, *scores, candidate.get("operation")):
                     ctx.stats.rows_out += 1
                 else:
                     row.update(status=DROPPED, reason="below_threshold")
                     ctx.stats.drop("below_threshold")
             rows.append(row)
+        if settings.second_judge:
+            self._second_judge(ctx, candidates, rows)
         return rows
+
+    @staticmethod
+    def _second_judge(
+        ctx: StageContext, candidates: list[dict[str, Any]], rows: list[dict[str, Any]]
+    ) -> None:
+        """Ask the second judge about every candidate the validator passed (only those: the
+        others are dropped whatever it says); it must pass the same thresholds."""
+        settings = ctx.config.validate_
+        model = ctx.model_info("second_validator")
+        for row in rows:
+            row.update(second_adherence=None, second_aesthetics=None, second_model=model)
+            if settings.samples > 1:
+                row.update(second_adherence_samples=None, second_aesthetics_samples=None)
+        passed = [index for index, row in enumerate(rows) if row["status"] == OK]
+        results = sampled_scores(ctx, "second_validator", [candidates[i] for i in passed])
+        for index, result in zip(passed, results):
+            row = rows[index]
+            ctx.stats.rows_out -= 1  # counted again below if the second judge agrees
+            if isinstance(result, Failure):
+                reason = f"second_judge_{result.reason}"
+                row.update(status=FAILED, reason=reason)
+                ctx.stats.fail(reason)
+                continue
+            scores = aggregate(result, settings.aggregate)
+            row["second_adherence"], row["second_aesthetics"] = scores
+            if settings.samples > 1:
+                row["second_adherence_samples"] = [a for a, _ in result]
+                row["second_aesthetics_samples"] = [b for _, b in result]
+            if passes(ctx, *scores, candidates[index].get("operation")):
+                ctx.stats.rows_out += 1
+            else:
+                row.update(status=DROPPED, reason="second_judge_below_threshold")
+                ctx.stats.drop("second_judge_below_threshold")

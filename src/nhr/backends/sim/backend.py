@@ -28,7 +28,7 @@ R = TypeVar("R")
 
 
 class SimBackend:
-    """A deterministic CPU world that answers like the real model stack (see SIMULATOR.md).
+    """A deterministic CPU world that answers like the real model stack (see docs/simulator.md).
 
     One instance can play any role; the role is decided by which method is called and, for
     text and vision, by the prompt template in the request.

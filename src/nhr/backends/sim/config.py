@@ -280,6 +280,12 @@ class SimBackendConfig(ModelScaling):
         "replaces the profile's entries it names (needs judge)",
         json_schema_extra=affects_role(),
     )
+    judge_params: dict[str, float] | None = Field(
+        None,
+        description="replaces the named numeric settings of the judge profile (needs judge), "
+        "e.g. {pairwise_noise: 1.0, position_bias: 0.2}; see judges.JudgeProfile",
+        json_schema_extra=affects_role(),
+    )
     # sections: their own fields say what they change
     editor_errors: SimEditorErrors = Field(default_factory=SimEditorErrors)
     generator_errors: SimGeneratorErrors = Field(default_factory=SimGeneratorErrors)
@@ -308,6 +314,21 @@ class SimBackendConfig(ModelScaling):
                     raise ValueError(f"blind spot chance of {kind} must be within 0..1")
         return value
 
+    @field_validator("judge_params")
+    @classmethod
+    def _known_judge_params(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None:
+            from nhr.backends.sim.judges import JudgeProfile
+
+            numeric = [n for n, f in JudgeProfile.model_fields.items() if f.annotation is float]
+            unknown = [name for name in value if name not in numeric]
+            if unknown:
+                raise ValueError(
+                    f"unknown judge setting(s) {unknown}; numeric settings: {', '.join(numeric)}"
+                )
+            JudgeProfile(**value)  # a ValueError naming a value out of its range
+        return value
+
     def judge_profile(self):
         """The judge profile of this model with its overrides, or None (the plain judge)."""
         if self.judge is None:
@@ -315,6 +336,9 @@ class SimBackendConfig(ModelScaling):
         from nhr.backends.sim.judges import profile
 
         base = profile(self.judge)
-        if not self.blind_spots:
+        if not self.blind_spots and not self.judge_params:
             return base
-        return base.model_copy(update={"blind_spots": base.blind_spots | self.blind_spots})
+        update: dict = dict(self.judge_params or {})
+        if self.blind_spots:
+            update["blind_spots"] = base.blind_spots | self.blind_spots
+        return base.model_copy(update=update)

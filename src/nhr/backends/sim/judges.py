@@ -114,6 +114,26 @@ class JudgeProfile(BaseModel):
     )
     false_yes: float = Field(0.05, ge=0, le=1, description="chance a 'no' it believes reads yes")
     false_no: float = Field(0.05, ge=0, le=1, description="chance a 'yes' it believes reads no")
+    # Comparing two edits side by side (select.best_of: pairwise; docs/simulator.md): the
+    # assumptions that can make a comparison better, or worse, than two pointwise scores.
+    pairwise_noise: float = Field(
+        1.0,
+        ge=0,
+        description="a side-by-side comparison's score error as a share of the pointwise "
+        "error (1: comparing is no more precise than scoring each edit alone)",
+    )
+    position_bias: float = Field(
+        0.1,
+        description="score points a comparison adds to the edit shown first (negative: to "
+        "the second)",
+    )
+    pairwise_blind_spots: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="in a comparison, multiplier of a blind-spot chance when the other edit "
+        "does not have that flaw (1: a flaw is as easy to miss side by side as alone)",
+    )
 
 
 def _profiles() -> dict[str, JudgeProfile]:

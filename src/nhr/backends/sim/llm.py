@@ -251,6 +251,10 @@ def answer(text: str, seed: int | None, config: SimBackendConfig) -> str:
         return invert(text, seed, config)
     if task == "design":
         return design(text, seed, config)
+    if task == "design_image":
+        from nhr.backends.sim.photos import design_edits  # photos imports this module
+
+        return design_edits(text, seed, config)
     return UNKNOWN_TASK_ANSWER
 
 

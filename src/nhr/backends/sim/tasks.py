@@ -18,8 +18,18 @@ from __future__ import annotations
 
 import re
 
-TEXT_TASKS = ("design", "invert")
-VISION_TASKS = ("score", "unwanted", "gate", "aesthetic", "gedit_sc", "gedit_pq", "imgedit")
+TEXT_TASKS = ("design", "invert", "design_image")
+VISION_TASKS = (
+    "score",
+    "unwanted",
+    "gate",
+    "aesthetic",
+    "pairwise",
+    "gedit_sc",
+    "gedit_pq",
+    "imgedit",
+    "describe",
+)
 BENCH_TASKS = ("gedit_sc", "gedit_pq", "imgedit")
 
 _BATCH_SIZE = re.compile(r"exactly\s+\d+\s+items")
@@ -35,9 +45,12 @@ def has_field(text: str, label: str) -> bool:
 
 
 def text_task(text: str) -> str:
-    """design (design.txt), invert (invert.txt) or unknown, for a chat request's text."""
+    """design (design.txt), invert (invert.txt), design_image (design_image.txt) or unknown,
+    for a chat request's text."""
     if has_field(text, "Original description") and has_field(text, "Forward instruction"):
         return "invert"
+    if has_field(text, "Image description") and has_field(text, "Operations to use"):
+        return "design_image"  # design_image.txt: edits for a described photo
     if has_field(text, "Operation") and _BATCH_SIZE.search(text):
         return "design"
     return "unknown"
@@ -50,11 +63,15 @@ def criteria(text: str) -> list[str]:
 
 def vision_task(text: str) -> str:
     """score (score.txt), gate (gate.txt), unwanted (unwanted.txt), aesthetic (aesthetic.txt),
-    gedit_sc / gedit_pq (GEdit-Bench semantic consistency / perceptual quality), imgedit
+    pairwise (pairwise.txt: two edits compared, answered {"BetterEdit": "A" | "B"}), gedit_sc / gedit_pq (GEdit-Bench semantic consistency / perceptual quality), imgedit
     (ImgEdit-Bench criteria) or unknown, for a vision request's text (system prompt and
     prompt)."""
     if "InstructionAdherence" in text and has_field(text, "Instruction"):
         return "score"
+    if has_field(text, "Description words at most"):
+        return "describe"  # describe.txt: a photo described for the designer
+    if '"BetterEdit"' in text and has_field(text, "Instruction"):
+        return "pairwise"
     if _SCORE_LIST.search(text):
         return "gedit_sc" if has_field(text, "Editing instruction") else "gedit_pq"
     if criteria(text) and has_field(text, "Editing instruction"):

@@ -12,7 +12,7 @@ import math
 import re
 
 from nhr.backends.base import BackendError, PermanentBackendError, VisionRequest
-from nhr.backends.sim import judges
+from nhr.backends.sim import judges, photos
 from nhr.backends.sim.config import SimBackendConfig
 from nhr.backends.sim.grammar import parse_instruction, parse_prompt
 from nhr.backends.sim.render import read_meta
@@ -29,7 +29,8 @@ _NO = ("No", "No", "No.", "no", "No")
 
 
 def detect_task(text: str) -> str:
-    """Which template a vision prompt was filled from: score, unwanted, gate or aesthetic."""
+    """Which template a vision prompt was filled from: score, unwanted, gate, aesthetic,
+    pairwise, or a benchmark's (tasks.vision_task)."""
     return vision_task(text)
 
 
@@ -83,6 +84,10 @@ def answer(request: VisionRequest, config: SimBackendConfig) -> str | BackendErr
         return PermanentBackendError("invalid_request", "no image given")
     if task in ("score", "unwanted", "gedit_sc", "imgedit") and len(request.images) < 2:
         return PermanentBackendError("invalid_request", f"{task} needs the original and the edit")
+    if task == "pairwise" and len(request.images) < 3:
+        return PermanentBackendError("invalid_request", "pairwise needs the original and 2 edits")
+    if task == "describe":
+        return photos.describe(request.images[0], key, config)
     if task == "gate":
         match = _PROMPT.search(text)
         return _yes_no(
@@ -92,6 +97,8 @@ def answer(request: VisionRequest, config: SimBackendConfig) -> str | BackendErr
     sample = key if request.temperature > 0 else None
     if task in BENCH_TASKS:
         return _bench_answer(task, request, text, key, sample, profile, config)
+    if task == "pairwise":
+        return _pairwise_answer(request, text, key, profile, config)
     if task == "aesthetic":
         scene = _scene(request.images[-1])
         if profile is None:
@@ -141,6 +148,88 @@ def answer(request: VisionRequest, config: SimBackendConfig) -> str | BackendErr
         return _yes_no(adherence >= 4.5, key, config)
     observed_adh, observed_aes = observe_scores((adherence, aesthetic), config, pair, key)
     return f'{{"InstructionAdherence": {observed_adh}, "ImageAesthetic": {observed_aes}}}'
+
+
+def _pairwise_answer(
+    request: VisionRequest,
+    text: str,
+    key: bytes,
+    profile: judges.JudgeProfile | None,
+    config: SimBackendConfig,
+) -> str:
+    """The answer to prompts/pairwise.txt: which of two edits of the same original (edit A,
+    shown first, and edit B) is better.
+
+    The judge reads each edit as it reads it pointwise (the same profile: blind spots, halo,
+    bias, the same pair and image keys, so mostly the same opinion), except that a comparison
+    is a request of its own, so the sampled share of its error and of its blind-spot draws is
+    drawn afresh per comparison, and for what the profile says about comparing
+    (docs/simulator.md): its error is `pairwise_noise` times the pointwise one, a flaw the
+    other edit does not have is missed `pairwise_blind_spots` times as often as alone (both 1
+    by default: comparing is no sharper than scoring), and the edit shown first gains
+    `position_bias` points. The better edit is the one with the higher geometric
+    mean of its two readings. The plain judge (no profile) compares its pointwise readings."""
+    match = _INSTRUCTION.search(text)
+    instruction = match.group(1) if match else ""
+    source = request.images[0]
+    side = None
+    if profile is not None:
+        side = profile.model_copy(
+            update={
+                "noise_adherence": profile.noise_adherence * profile.pairwise_noise,
+                "noise_aesthetics": profile.noise_aesthetics * profile.pairwise_noise,
+                "favourite_share": 0.0,  # no answer is written down: nothing to round to
+            }
+        )
+    edits = request.images[1:3]
+    truths = []
+    for edited in edits:
+        before, after = _scene(source), _scene(edited)
+        if before is None or after is None:
+            truths.append(
+                Assessment(
+                    parsed=False,
+                    adherence_penalties={"unparsed": 2.5},
+                    aesthetics_penalties={"unparsed": 1.5},
+                )
+            )
+        else:
+            truths.append(assess(before, after, instruction))
+    utilities = []
+    for position, (edited, result) in enumerate(zip(edits, truths)):
+        after = _scene(edited)
+        pair = tuple(sorted(hashlib.sha256(image).digest() for image in (source, edited)))
+        if side is None:
+            readings = observe_scores((result.adherence, result.aesthetics), config, pair, key)
+        else:
+            other = truths[1 - position].flaws
+            contrast = profile.pairwise_blind_spots
+            seen_by = side.model_copy(
+                update={
+                    "blind_spots": {
+                        kind: chance if kind in other else chance * contrast
+                        for kind, chance in side.blind_spots.items()
+                    }
+                }
+            )
+            operations = [clause.op for clause in parse_instruction(instruction)]
+            readings = judges.read_scores(
+                seen_by,
+                result,
+                operations,
+                config.model,
+                b"".join(pair),
+                digest(key, edited),  # this comparison's own draw for this edit
+                digest(source, edited, instruction),  # as in the pointwise request
+                hashlib.sha256(edited).digest(),
+                b"" if after is None else digest("picture", after.texture_seed),
+            )
+        utility = math.sqrt(readings[0] * readings[1])
+        if position == 0 and side is not None:
+            utility += side.position_bias
+        utilities.append(utility)
+    better = "A" if utilities[0] >= utilities[1] else "B"
+    return f'{{"BetterEdit": "{better}"}}'
 
 
 # Flaw kinds that are changes nobody asked for: what GEdit's over-editing score is about.
@@ -245,7 +334,7 @@ def _on_five(value: float) -> int:
 
 def _generated(png: bytes) -> bool:
     meta = read_meta(png)
-    return bool(meta) and meta.get("kind") == "generated"
+    return bool(meta) and meta.get("kind") in ("generated", "photo")  # a source image
 
 
 def _scene(png: bytes) -> Scene | None:

@@ -1,0 +1,91 @@
+"""Growing a run: `nhr mine CONFIG --run-dir RUN --prompts N` with N above the run's count
+designs and mines the new shards, keeps the finished ones and exports again; the result is
+the run mined at N prompts in one go."""
+
+import json
+
+import pytest
+import yaml
+
+import nhr
+from helpers import finish, kill_at_write, signature, table_rows
+from nhr.run import RunConfigError
+from nhr.status import render_status
+
+STAGES = ("design", "generate", "plausibility", "schedule", "edit", "validate", "compose")
+
+
+def grow_config(small_config, prompts, **sections):
+    # two operations and B=4: the batch size is the same at 8 and at 16 prompts
+    brief = {"operations": ["remove_object", "add_object"]}
+    design = {"batch_size": 4}
+    run = {"prompts": prompts, "shard_size": 4}
+    return small_config(run=run, brief=brief, design=design, **sections)
+
+
+def counters(run_dir):
+    stats = json.loads((run_dir / "report" / "stats.json").read_text())
+    keys = ("rows_in", "rows_out", "dropped", "failed", "model_calls")
+    return [(s["stage"], [s[k] for k in keys]) for s in stats["stages"]]
+
+
+def assert_same_run(grown, one_go):
+    assert signature(grown) == signature(one_go) and signature(grown)
+    for stage in STAGES:
+        assert table_rows(grown, stage) == table_rows(one_go, stage), stage
+
+
+@pytest.fixture(scope="module")
+def one_go(tmp_path_factory, small_config):
+    """The 16-prompt run mined in one go, with every job (no budget)."""
+    run_dir = tmp_path_factory.mktemp("one-go")
+    nhr.mine(grow_config(small_config, 16), run_dir, preflight=False)
+    return run_dir
+
+
+def test_growing_a_run_equals_mining_it_in_one_go(tmp_path, small_config, one_go):
+    grown = tmp_path / "grown"
+    nhr.mine(grow_config(small_config, 8), grown, preflight=False)
+    kept = (grown / "stages" / "edit" / "shard-00000.done.json").read_bytes()
+    nhr.mine(grow_config(small_config, 16), grown, preflight=False)
+    assert_same_run(grown, one_go)
+    # every job: the finished shards were kept, not mined again
+    assert (grown / "stages" / "edit" / "shard-00000.done.json").read_bytes() == kept
+    # design's calls are the new batches only: the others came from its checkpoints
+    assert counters(grown)[1:] == counters(one_go)[1:]
+    assert counters(grown)[0][1][:4] == counters(one_go)[0][1][:4]
+
+
+def test_a_global_budget_is_the_grown_runs(tmp_path, small_config):
+    """The same 60 edit jobs are drawn from the grown pool: some jobs the 8-prompt run edited
+    are dropped, as in a 16-prompt run mined in one go."""
+    budget = {"budget": {"edits": 60}}
+    grown, one_go = tmp_path / "grown", tmp_path / "one"
+    nhr.mine(grow_config(small_config, 8, schedule=budget), grown, preflight=False)
+    before = {job["job_id"] for job in table_rows(grown, "schedule") if job["status"] == "ok"}
+    nhr.mine(grow_config(small_config, 16, schedule=budget), grown, preflight=False)
+    nhr.mine(grow_config(small_config, 16, schedule=budget), one_go, preflight=False)
+    assert_same_run(grown, one_go)
+    after = {job["job_id"] for job in table_rows(grown, "schedule") if job["status"] == "ok"}
+    assert len(after) == 60 and before - after
+
+
+def test_a_kill_while_growing_resumes_to_the_same_run(tmp_path, small_config, one_go):
+    big = tmp_path / "16.yaml"
+    big.write_text(yaml.safe_dump(grow_config(small_config, 16)))
+    grown = tmp_path / "grown"
+    nhr.mine(grow_config(small_config, 8), grown, preflight=False)
+    kill_at_write(big, grown, "stages/edit/shard-00003", 1)
+    assert "stopped before the end" in render_status(grown)  # no longer "finished"
+    finish(big, grown)
+    assert_same_run(grown, one_go)
+
+
+def test_a_run_that_cannot_grow_says_why(tmp_path, small_config):
+    run_dir = tmp_path / "run"
+    # 16 operations in the cycle: B is 1 at 16 prompts and 2 at 32, so the prompts differ
+    nhr.mine(small_config(), run_dir, preflight=False)
+    with pytest.raises(RunConfigError, match="cannot grow the run from 16 to 32 prompts"):
+        nhr.mine(small_config(run={"prompts": 32}), run_dir, preflight=False)
+    with pytest.raises(RunConfigError, match="run.prompts: 16 -> 8"):  # no shrinking
+        nhr.mine(small_config(run={"prompts": 8}), run_dir, preflight=False)
