@@ -31,6 +31,7 @@ def photo_config(path, **sections) -> dict:
         **sections,
     )
     data["models"]["describer"] = {"backend": "sim", "model": "sim-vlm-7b"}
+    del data["models"]["generator"]  # a photo run never calls one, so it needs none
     return data
 
 
@@ -170,6 +171,10 @@ def test_the_describer_is_needed_only_for_photos(tmp_path):
         "DesignStage",
         "GenerateStage",
     ]
+    without_generator = small_config_dict()
+    del without_generator["models"]["generator"]
+    with pytest.raises(ConfigError, match="models.generator is missing"):
+        parse_config(without_generator)
     data = photo_config(tmp_path)
     del data["models"]["describer"]
     with pytest.raises(ConfigError, match="models.describer"):

@@ -162,7 +162,8 @@ class ModelsSection(_Section):
     role's settings change is written in its backend family's config class."""
 
     designer: ModelConfig
-    generator: ModelConfig
+    # required unless the sources are photos (sources.kind: images), which never call it
+    generator: ModelConfig | None = Field(None, json_schema_extra=affects_role())
     gate: ModelConfig
     editor: ModelConfig
     prefilter: ModelConfig
@@ -184,9 +185,12 @@ class ModelsSection(_Section):
 
 
 ROLES: tuple[str, ...] = tuple(ModelsSection.model_fields)
-# The roles `models: sim` fills in; an optional role is filled only when a setting uses it.
+# The roles `models: sim` fills in (the generator too: only a photo run may leave it out); an
+# optional role is filled only when a setting uses it.
 REQUIRED_ROLES: tuple[str, ...] = tuple(
-    name for name, field in ModelsSection.model_fields.items() if field.is_required()
+    name
+    for name, field in ModelsSection.model_fields.items()
+    if field.is_required() or name == "generator"
 )
 ALL_SIM = "sim"  # `models: sim`
 
@@ -866,6 +870,16 @@ class NhrConfig(_Section):
                 "validate.second_judge needs a second judge: add models.second_validator (a "
                 "model config like models.validator, ideally another model), or set "
                 "validate.second_judge: false"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _generator_for_generated_sources(self) -> NhrConfig:
+        if self.sources.kind == "generate" and self.models.generator is None:
+            raise ValueError(
+                "models.generator is missing: a run that generates its source images needs a "
+                "text-to-image model (or `models: sim`); only `sources.kind: images` runs "
+                "without one"
             )
         return self
 
