@@ -254,7 +254,6 @@ def test_judge_presets_parse_with_only_their_judge_role():
 
 
 def test_cli_calibrates_a_rated_run_and_writes_the_report(mined, tmp_path, capsys):
-    pytest.importorskip("nhr.label_sample")
     run_dir, _ = mined
     assert main(["label", str(run_dir), "--sample", "60", "--simulate-raters", "3"]) == 0
     output = tmp_path / "report"
@@ -322,7 +321,6 @@ def test_cli_needs_a_judge(tmp_path, capsys):
 
 
 def test_cli_writes_exclusions_only_when_asked(mined, tmp_path, capsys):
-    pytest.importorskip("nhr.label_sample")
     run_dir, _ = mined
     assert main(["label", str(run_dir), "--sample", "60", "--simulate-raters", "3"]) == 0
     reports = {}

@@ -103,6 +103,15 @@ def test_a_missing_extra_leaves_no_run_directory(tmp_path, small_config, monkeyp
     assert not run_dir.exists()
 
 
+def test_photo_sources_that_cannot_be_read_leave_no_run_directory(tmp_path, small_config, capsys):
+    config = small_config(sources={"kind": "images", "path": str(tmp_path / "no-such-folder")})
+    config["models"]["describer"] = {"backend": "sim"}
+    run_dir = tmp_path / "run"
+    assert main(["mine", write_config(tmp_path, config), "--run-dir", str(run_dir), "-q"]) == 2
+    assert "no such folder or file" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
 def test_a_failed_start_keeps_a_run_that_was_there(tmp_path, small_config, monkeypatch):
     """Only what this command created is removed: an existing run keeps every file."""
     monkeypatch.delenv("NHR_TEST_UNSET_KEY", raising=False)

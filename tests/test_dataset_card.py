@@ -139,3 +139,23 @@ def test_push_an_hf_export_with_both_splits(mined, hub, tmp_path):
 def test_private_needs_push_to_hub(mined, capsys):
     assert main(["export", str(mined[0]), "--private"]) == 2
     assert "--private goes with --push-to-hub" in capsys.readouterr().err
+
+
+def test_a_hub_that_cannot_be_reached_is_one_line_and_the_export_stays(
+    mined, tmp_path, monkeypatch, capsys
+):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise huggingface_hub.errors.OfflineModeIsEnabled("Cannot reach huggingface.co\nmore")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", offline)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    out = tmp_path / "hf"
+    argv = ["export", str(mined[0]), "--format", "hf", "--output", str(out)]
+    assert main([*argv, "--push-to-hub", "me/hf"]) == 2
+    # (datasets' own progress lines may come first)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nhr")]
+    assert len(err) == 1 and "pushing to the Hub dataset me/hf failed" in err[0]
+    assert "OfflineModeIsEnabled: Cannot reach huggingface.co" in err[0]
+    assert "Traceback" not in err[0] and (out / "nhr-export.json").exists()

@@ -249,23 +249,15 @@ def test_the_examples_speak_the_configured_judges_prompt_and_scale(tmp_path, cap
     from nhr.stages.validate import parse_viescore
 
     labels = outside_labels(tmp_path)
+
+    def export(out, *options):
+        return main(
+            ["export-tuning", str(labels), "--format", "openai", "--output", str(out), *options]
+        )
+
     config = str(Path(__file__).resolve().parents[1] / "configs" / "judges" / "editscore-7b.yaml")
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "export-tuning",
-                str(labels),
-                "--format",
-                "openai",
-                "--output",
-                str(out),
-                "--judge",
-                config,
-            ]
-        )
-        == 0
-    )
+    assert export(out, "--judge", config) == 0
     judge = load_judge_config(config).validate_.judge
     example = lines(out / "train.jsonl")[0]["messages"]
     prompt = example[0]["content"][2]["text"]
@@ -279,41 +271,13 @@ def test_the_examples_speak_the_configured_judges_prompt_and_scale(tmp_path, cap
     template = tmp_path / "mine.txt"
     template.write_text("Rate this edit: $instruction. Answer JSON.")
     out = tmp_path / "out2"
-    assert (
-        main(
-            [
-                "export-tuning",
-                str(labels),
-                "--format",
-                "openai",
-                "--output",
-                str(out),
-                "--prompt",
-                str(template),
-            ]
-        )
-        == 0
-    )
+    assert export(out, "--prompt", str(template)) == 0
     example = lines(out / "train.jsonl")[0]["messages"]
     assert example[0]["content"][2]["text"].startswith("Rate this edit: Paint the square green")
     check_target(example[1]["content"], (5.0, 3.0))
 
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "export-tuning",
-                str(labels),
-                "--format",
-                "openai",
-                "--output",
-                str(tmp_path / "out3"),
-                "--prompt",
-                "no-such-template",
-            ]
-        )
-        == 2
-    )
+    assert export(tmp_path / "out3", "--prompt", "no-such-template") == 2
     assert "no-such-template" in capsys.readouterr().err
     assert not (tmp_path / "out3").exists()
 

@@ -568,35 +568,27 @@ def rescored_judge(
             if row["candidate_id"] in first
         }
     with tempfile.TemporaryDirectory(prefix="nhr-calibrate-") as folder:
-        images = store.images if store is not None else ImageStore(folder)
         outside = ImageStore(folder)
         items, names, failed = [], [], 0
         for name, row in first.items():
             if name in candidates:
-                candidate = candidates[name]
-                items.append(
-                    {
-                        "source_image": candidate["source_image"],
-                        "edited_image": candidate["edited_image"],
-                        "instruction": candidate["instruction"],
-                    }
-                )
-                names.append(name)
-                continue
-            try:
-                pair = [outside.put(_read_bytes(row[k])) for k in ("source_image", "edited_image")]
-            except (OSError, TypeError):
-                failed += 1
-                continue
-            items.append(
-                {
+                found = candidates[name]
+            else:
+                try:
+                    pair = [
+                        outside.put(_read_bytes(row[k])) for k in ("source_image", "edited_image")
+                    ]
+                except (OSError, TypeError):
+                    failed += 1
+                    continue
+                found = {
                     "source_image": pair[0],
                     "edited_image": pair[1],
                     "instruction": row["instruction"],
                 }
-            )
+            items.append({k: found[k] for k in ("source_image", "edited_image", "instruction")})
             names.append(name)
-        store_for = _TwoStores(images, outside) if store is not None else outside
+        store_for = _TwoStores(store.images, outside) if store is not None else outside
         results = judge_scores(config, role, store_for, items)
     scores = {}
     for name, result in zip(names, results):

@@ -406,19 +406,19 @@ def _large_run_notice(config, run_dir: str) -> str | None:
     roles, when the run directory holds a finished smaller run to scale from)."""
     if config.run.prompts <= LARGE_RUN_PROMPTS:
         return None
+    from nhr.analysis.estimate import REFERENCE_ATTEMPTS, REFERENCE_RELEASED, reference_calls
+
     prompts = config.run.prompts
     measured = _measured_calls(config, run_dir)
     if measured is not None:
         source, calls = measured
     else:
-        from nhr.analysis.estimate import reference_calls
-
         source = "the reference run's survival rates (docs/method.md §5), this config's N, M, B"
         calls = reference_calls(config, prompts)
     lines = [f"nhr: {prompts:,} prompts; model calls to expect, from {source}:"]
     lines += [f"  {name:<24}{count:>14,}" for name, count in calls.items()]
-    if measured is None and "editor" in calls:  # 3,072,385 attempts, 720,088 released
-        released = round(calls["editor"] * 720_088 / 3_072_385)
+    if measured is None and "editor" in calls:
+        released = round(calls["editor"] * REFERENCE_RELEASED / REFERENCE_ATTEMPTS)
         lines.append(f"  about {released:,} released triplets at the reference's yield")
     lines.append("  (before retries; `nhr report RUN --target N` estimates from a finished run)")
     return "\n".join(lines)
@@ -523,16 +523,15 @@ def _export(args: argparse.Namespace) -> int:
         raise _UsageError(f"{given[0]} needs --format (hf, webdataset, ip2p, ...)")
     from nhr.config import parse_config
     from nhr.executors.local import LocalExecutor
+    from nhr.exports.common import finished_shards
     from nhr.lock import run_lock
     from nhr.pipeline import release_stage
-    from nhr.run import shard_count
 
     store = _existing_run(args.run_dir)
     config = parse_config(store.read_config())
     executor = LocalExecutor(config, store, show_progress=False)
     release = release_stage(config)
-    shards = shard_count(store)
-    if not shards or not all(store.is_done(release, s) for s in range(shards)):
+    if not finished_shards(store, release):
         raise _UsageError(f"the run has not finished '{release}' yet; finish it with `nhr mine`")
     with run_lock(store):
         # the old dataset and its marker stay until the new dataset is complete

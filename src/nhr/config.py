@@ -835,33 +835,23 @@ class NhrConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _all_sim_second_judge(cls, data: Any) -> Any:
-        """`models: sim` with validate.second_judge: the second judge is a simulator too,
-        under its own model name (so its own errors are its own, not the validator's)."""
-        if isinstance(data, dict) and data.get("models") == ALL_SIM:
-            validate = data.get("validate")
-            if isinstance(validate, dict) and validate.get("second_judge") is True:
-                models = {role: {"backend": "sim"} for role in REQUIRED_ROLES}
-                models["second_validator"] = {"backend": "sim", "model": "sim-second-judge"}
-                data = {**data, "models": models}
-        return data
-
-    @model_validator(mode="before")
-    @classmethod
-    def _all_sim_describer(cls, data: Any) -> Any:
-        """`models: sim` mining photos: the describer is a simulator too. (Defined after
-        _all_sim_second_judge so that it runs first: pydantic runs "before" validators last
-        defined first; it hands the second judge to that one.)"""
+    def _all_sim_optional_roles(cls, data: Any) -> Any:
+        """`models: sim` with a setting that uses an optional role: that role is a simulator
+        too. The second judge (validate.second_judge) under its own model name, so its own
+        errors are its own, not the validator's; the describer when mining photos."""
         if not isinstance(data, dict) or data.get("models") != ALL_SIM:
             return data
+        optional: dict[str, dict[str, str]] = {}
+        validate = data.get("validate")
+        if isinstance(validate, dict) and validate.get("second_judge") is True:
+            optional["second_validator"] = {"backend": "sim", "model": "sim-second-judge"}
         sources = data.get("sources")
-        if not isinstance(sources, dict) or sources.get("kind") != "images":
+        if isinstance(sources, dict) and sources.get("kind") == "images":
+            optional["describer"] = {"backend": "sim"}
+        if not optional:
             return data
-        expanded = cls._all_sim_second_judge(data).get("models")
-        models = dict(expanded) if isinstance(expanded, dict) else {}
-        models.update({role: {"backend": "sim"} for role in REQUIRED_ROLES if role not in models})
-        models["describer"] = {"backend": "sim"}
-        return {**data, "models": models}
+        models = {role: {"backend": "sim"} for role in REQUIRED_ROLES}
+        return {**data, "models": {**models, **optional}}
 
     @model_validator(mode="after")
     def _optional_roles_given(self) -> NhrConfig:

@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -238,23 +239,26 @@ def _ratings(rows: list[dict[str, Any]]):
 
 def ground_truth(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
     """{item: (instruction, aesthetics)}: the mean of the item's bias-corrected scores."""
-    if not rows:
-        return {}
     from nhr.backends.sim.raters import corrected_labels
 
-    ratings, items = _ratings(rows)
-    labels = corrected_labels(ratings, len(items))
-    return {item: (float(a), float(b)) for item, (a, b) in zip(items, labels)}
+    return _item_labels(rows, corrected_labels)
 
 
 def plain_means(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
     """{item: (instruction, aesthetics)}: the plain mean of the item's scores."""
-    if not rows:
-        return {}
     from nhr.backends.sim.raters import plain_labels
 
+    return _item_labels(rows, plain_labels)
+
+
+def _item_labels(
+    rows: list[dict[str, Any]], labelled: Callable[[Any, int], Any]
+) -> dict[str, tuple[float, float]]:
+    """{item: (instruction, aesthetics)} as `labelled(ratings, items)` reads the rows."""
+    if not rows:
+        return {}
     ratings, items = _ratings(rows)
-    labels = plain_labels(ratings, len(items))
+    labels = labelled(ratings, len(items))
     return {item: (float(a), float(b)) for item, (a, b) in zip(items, labels)}
 
 

@@ -97,8 +97,11 @@ def round_stages(config: NhrConfig) -> list[Stage]:
     stages: list[Stage] = []
     for r in range(1, rounds + 1):
         names = {stage: round_name(stage, r, rounds) for stage in ROUND_STAGES}
-        before = {stage: round_name(stage, r - 1, rounds) for stage in ROUND_STAGES}
-        previous = (before["schedule"], before["validate"]) if r > 1 else None
+        # the round before's tables; none before the first round
+        before = None
+        if r > 1:
+            before = {stage: round_name(stage, r - 1, rounds) for stage in ROUND_STAGES}
+        previous = (before["schedule"], before["validate"]) if before else None
         stages.append(AdaptiveScheduleStage(names["schedule"], r, rounds, previous))
         # (stage, the table it runs on, that table's key): it sees only the rows new this round
         for inner, driver, key in (
@@ -106,7 +109,7 @@ def round_stages(config: NhrConfig) -> list[Stage]:
             (PrefilterStage(), "edit", "candidate_id"),
             (ValidateStage(config), "edit", "candidate_id"),
         ):
-            stages.append(RoundStage(inner, names, before if r > 1 else None, driver, key))
+            stages.append(RoundStage(inner, names, before, driver, key))
     return stages
 
 

@@ -57,11 +57,13 @@ def check_redo_from(config: NhrConfig, redo_from: str | None) -> None:
 def _setup_errors() -> tuple[type[BaseException], ...]:
     from nhr.backends.base import BackendSetupError, MissingExtraError
     from nhr.preflight import PreflightError
+    from nhr.sources import SourceError
 
-    return (BackendSetupError, MissingExtraError, PreflightError)
+    return (BackendSetupError, MissingExtraError, PreflightError, SourceError)
 
 
-# What stops a run before it can start (a missing key, extra or model): nothing was mined.
+# What stops a run before it can start (a missing key, extra or model, photo sources that
+# cannot be read): nothing was mined.
 SETUP_ERRORS = _setup_errors()
 
 

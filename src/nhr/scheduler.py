@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from nhr.config import BudgetSection
+from nhr.records import OK
 
 # The draw in two passes over the shards, for runs too large to hold in one process: the
 # first pass counts jobs per priority bucket (a histogram whose size does not depend on the
@@ -200,14 +201,14 @@ def pair_states(
     for job in jobs:
         key = (job["source_id"], job["edit_id"])
         state = states.setdefault(key, PairState(job["operation"]))
-        if job["status"] == "ok":
+        if job["status"] == OK:
             state.attempts += 1
             pair_of[job["job_id"]] = key
         else:
             state.over_budget = True
     for row in validations:
         key = pair_of.get(row["candidate_id"])
-        if key is None or row["status"] != "ok":
+        if key is None or row["status"] != OK:
             continue
         state = states[key]
         min_adherence, min_aesthetics = thresholds(state.operation)
@@ -257,11 +258,11 @@ def depth_yields(
 ) -> tuple[Counter[tuple[str, int]], Counter[tuple[str, int]]]:
     """(jobs, passes) per (operation, seed index) in one shard's cumulative tables: how often
     an operation's k-th seed of a pair passed."""
-    passed = {row["candidate_id"] for row in validations if row["status"] == "ok"}
+    passed = {row["candidate_id"] for row in validations if row["status"] == OK}
     counts: Counter[tuple[str, int]] = Counter()
     passes: Counter[tuple[str, int]] = Counter()
     for job in jobs:
-        if job["status"] == "ok":
+        if job["status"] == OK:
             key = (job["operation"], job["seed_index"])
             counts[key] += 1
             passes[key] += job["job_id"] in passed

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from nhr.sources import MAX_PIXELS, decode_checked
+from nhr.sources import MAX_PIXELS, decode_checked, read_metadata
 from nhr.sources import image_bytes as _image_value
 
 # Usual column names, most specific first (InstructPix2Pix: original_image / edited_image /
@@ -194,14 +194,7 @@ def _parquet(path: Path, count: int, random, columns) -> tuple[Iterator[Sample],
 
 
 def _imagefolder(path: Path, count: int, random, columns) -> tuple[Iterator[Sample], int]:
-    metadata = sorted(path.glob("metadata.*"))[0]
-    if metadata.suffix == ".csv":
-        import csv
-
-        with metadata.open(encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    else:
-        rows = [json.loads(line) for line in metadata.read_text("utf-8").splitlines() if line]
+    rows = read_metadata(sorted(path.glob("metadata.*"))[0])
     available = sorted({key for row in rows for key in row})
     resolved = resolve_columns(available, columns)
     picked = _pick(len(rows), count, random)

@@ -135,12 +135,7 @@ def _imagefolder(
     spec: str, path: Path, metadata: Path, column: str, license_column: str
 ) -> Listing:
     try:
-        if metadata.suffix == ".csv":
-            with metadata.open(encoding="utf-8", newline="") as handle:
-                rows = list(csv.DictReader(handle))
-        else:
-            lines = metadata.read_text("utf-8").splitlines()
-            rows = [json.loads(line) for line in lines if line.strip()]
+        rows = read_metadata(metadata)
     except (OSError, ValueError) as error:
         raise SourceError(f"sources.path {spec}: cannot read {metadata.name}: {error}") from None
     columns = sorted({key for row in rows for key in row})
@@ -164,6 +159,15 @@ def _imagefolder(
         return entries
 
     return Listing(spec, len(rows), lambda i: f"row {i}", read)
+
+
+def read_metadata(metadata: Path) -> list[dict[str, Any]]:
+    """The rows of an imagefolder's metadata.jsonl or metadata.csv."""
+    if metadata.suffix == ".csv":
+        with metadata.open(encoding="utf-8", newline="") as handle:
+            return list(csv.DictReader(handle))
+    lines = metadata.read_text("utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def _parquet(spec: str, files: list[Path], column: str, license_column: str) -> Listing:

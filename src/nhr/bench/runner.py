@@ -15,7 +15,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -221,7 +220,7 @@ def summarize(
         per_seed.append(benchmark.aggregate(scored))
     metrics = {}
     for metric in benchmark.METRICS:
-        overall = mean_ci([_nan_to_none(s[metric]["overall"]) for s in per_seed])
+        overall = mean_ci([s[metric]["overall"] for s in per_seed])  # drops NaN and None
         by_task = {}
         for task in benchmark.TASKS:
             values = [s[metric]["by_task"].get(task) for s in per_seed]
@@ -235,10 +234,6 @@ def summarize(
         "seeds": seeds,
         "metrics": metrics,
     }
-
-
-def _nan_to_none(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else value
 
 
 def format_cell(entry: dict[str, Any] | None) -> str:

@@ -19,6 +19,7 @@ from nhr.exports.common import (
     ExportError,
     ExportJob,
     default_output,
+    finished_shards,
     output_folder,
     select_mini,
     triplet_rows,
@@ -76,7 +77,6 @@ def export_run(
     from nhr.config import parse_config
     from nhr.lock import run_lock
     from nhr.pipeline import release_stage
-    from nhr.run import shard_count
     from nhr.store import RunStore
 
     if fmt not in FORMATS:
@@ -93,13 +93,13 @@ def export_run(
         raise ExportError(f"{store.root}: not a run directory (no config.yaml)")
     config = parse_config(raw)
     release = release_stage(config)
-    shards = shard_count(store)
-    if not shards or not all(store.is_done(release, shard) for shard in range(shards)):
+    shards = finished_shards(store, release)
+    if not shards:
         raise ExportError(f"the run has not finished '{release}' yet; finish it with `nhr mine`")
     job = ExportJob(
         store=store,
         release=release,
-        shards=list(range(shards)),
+        shards=shards,
         rows_per_file=config.export.rows_per_file,
         split_test=split_test,
         seed=seed,

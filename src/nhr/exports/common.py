@@ -52,6 +52,15 @@ def split_of(source_id: str, split_test: float, seed: int) -> str:
     return TEST if unit_interval(seed, "split", source_id) < split_test else TRAIN
 
 
+def finished_shards(store: RunStore, release: str) -> list[int]:
+    """The run's shards when every one has finished `release` (the released set is complete);
+    an empty list while one has not or the run has no shards yet."""
+    from nhr.run import shard_count
+
+    shards = range(shard_count(store))
+    return list(shards) if shards and all(store.is_done(release, s) for s in shards) else []
+
+
 def triplet_rows(job: ExportJob) -> Iterator[dict[str, Any]]:
     """The released triplets as the rows of the `hf` dataset (image digests, not bytes), with
     `source_id` and `split` added; ordered by shard, then triplet id; `--mini` applied."""

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nhr.exports.common import SPLITS, ExportError, ExportJob, image_cell, triplet_rows
-from nhr.storage import FolderWriter
+from nhr.storage import FolderWriter, first_line
 
 ROW_GROUP = 32  # rows of 1 MP images per row group: memory stays flat (as nhr/stages/export.py)
 
@@ -72,6 +72,13 @@ def split_table(counts: dict[str, int]) -> str:
     lines = ["| split | rows |", "|---|---:|"]
     lines += [f"| {split} | {counts[split]:,} |" for split in SPLITS if counts[split]]
     return "\n".join(lines)
+
+
+def write_short_card(folder: FolderWriter, counts: dict[str, int], *paragraphs: str) -> None:
+    """README.md of a format without the full dataset card: the split header, `paragraphs`
+    and the rows per split."""
+    card = "\n\n".join([card_header(counts), *paragraphs, split_table(counts)])
+    folder.write_bytes("README.md", (card + "\n").encode("utf-8"))
 
 
 # -- hf ------------------------------------------------------------------------------------------
@@ -143,19 +150,27 @@ def push_to_hub(output: str, repo: str, counts: dict[str, int], private: bool = 
     root = str(output).rstrip("/")
     data_files = {split: f"{root}/data/{split}-*.parquet" for split in SPLITS if counts.get(split)}
     if not data_files:
-        raise ValueError(f"{root}: no rows to push")
-    dataset = datasets.load_dataset("parquet", data_files=data_files)
-    api = HfApi()
-    api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
-    with fsspec.open(f"{root}/README.md", "rb") as card:  # a local folder or a URL
-        api.upload_file(
-            path_or_fileobj=card.read(),
-            path_in_repo="README.md",
-            repo_id=repo,
-            repo_type="dataset",
-            commit_message="Dataset card (nhr)",
-        )
-    dataset.push_to_hub(repo, private=private)
+        raise ExportError(f"{root}: no rows to push")
+    try:
+        dataset = datasets.load_dataset("parquet", data_files=data_files)
+        api = HfApi()
+        api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+        with fsspec.open(f"{root}/README.md", "rb") as card:  # a local folder or a URL
+            api.upload_file(
+                path_or_fileobj=card.read(),
+                path_in_repo="README.md",
+                repo_id=repo,
+                repo_type="dataset",
+                commit_message="Dataset card (nhr)",
+            )
+        dataset.push_to_hub(repo, private=private)
+    except Exception as error:  # offline, no token, no access, a network error: the Hub's
+        # libraries retry what can succeed; what reaches here is for the user to fix
+        raise ExportError(
+            f"pushing to the Hub dataset {repo} failed: {type(error).__name__}: "
+            f"{first_line(error)} (the export at {root} is complete; run the command again "
+            "to retry the upload)"
+        ) from None
 
 
 # -- ip2p ----------------------------------------------------------------------------------------
@@ -187,15 +202,12 @@ def write_ip2p(job: ExportJob, folder: FolderWriter) -> dict[str, Any]:
         }
 
     counts = write_splits(job, folder, lambda: triplet_rows(job), IP2P_SCHEMA, record)
-    card = "\n\n".join(
-        [
-            card_header(counts),
-            "# Image-editing triplets for InstructPix2Pix training",
-            "The columns are the defaults of diffusers' "
-            "`examples/instruct_pix2pix/train_instruct_pix2pix.py`: `input_image`, "
-            "`edit_prompt`, `edited_image`. Pass this folder as `--dataset_name`.",
-            split_table(counts),
-        ]
+    write_short_card(
+        folder,
+        counts,
+        "# Image-editing triplets for InstructPix2Pix training",
+        "The columns are the defaults of diffusers' "
+        "`examples/instruct_pix2pix/train_instruct_pix2pix.py`: `input_image`, "
+        "`edit_prompt`, `edited_image`. Pass this folder as `--dataset_name`.",
     )
-    folder.write_bytes("README.md", (card + "\n").encode("utf-8"))
     return {"rows": counts}

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from nhr.exports.common import ExportJob, image_cell, split_of
-from nhr.exports.parquet import card_header, image_metadata, split_table, write_splits
+from nhr.exports.parquet import image_metadata, write_short_card, write_splits
 from nhr.ids import stable_id
 from nhr.records import DROPPED, OK
 from nhr.stages.select import geometric_mean
@@ -130,16 +130,13 @@ def write_preference(job: ExportJob, folder: FolderWriter) -> dict[str, Any]:
         return out
 
     counts = write_splits(job, folder, lambda: preference_rows(job), PREFERENCE_SCHEMA, record)
-    card = "\n\n".join(
-        [
-            card_header(counts),
-            "# Edit preference pairs mined with nhr",
-            "Each row: a source image and an instruction, the candidate edit the validator "
-            "accepted and ranked best (`chosen`) and a candidate it rejected (`rejected`), with "
-            "both validator scores (1-5) and `margin`, the difference of their geometric means. "
-            "Splits are by source image.",
-            split_table(counts),
-        ]
+    write_short_card(
+        folder,
+        counts,
+        "# Edit preference pairs mined with nhr",
+        "Each row: a source image and an instruction, the candidate edit the validator "
+        "accepted and ranked best (`chosen`) and a candidate it rejected (`rejected`), with "
+        "both validator scores (1-5) and `margin`, the difference of their geometric means. "
+        "Splits are by source image.",
     )
-    folder.write_bytes("README.md", (card + "\n").encode("utf-8"))
     return {"rows": counts}

@@ -12,7 +12,7 @@ from typing import Any
 from nhr.backends.base import GenerateRequest
 from nhr.calls import Failure, call_model
 from nhr.ids import derive_seed, stable_id
-from nhr.records import DROPPED, FAILED, OK
+from nhr.records import FAILED, OK
 from nhr.stages.base import Stage, StageContext, image_size, store_image
 
 
@@ -79,7 +79,7 @@ class PhotoSourceStage:
     roles: tuple[str, ...] = ()
 
     def run(self, ctx: StageContext, inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        from nhr.stages.photo_design import DROP_REASONS
+        from nhr.stages.photo_design import count_reason
 
         rows = []
         ctx.stats.rows_in = len(inputs["design"])
@@ -100,14 +100,9 @@ class PhotoSourceStage:
             reason = photo["source_reason"]
             if photo["source_image"] is not None:
                 row["width"], row["height"] = image_size(ctx.images.get(photo["source_image"]))
-            if reason is None:
-                ctx.stats.rows_out += 1
-            elif reason in DROP_REASONS:
-                row.update(status=DROPPED, reason=reason)
-                ctx.stats.drop(reason)
-            else:
-                row.update(status=FAILED, reason=reason)
-                ctx.stats.fail(reason)
+            status = count_reason(ctx.stats, reason)
+            if status != OK:
+                row.update(status=status, reason=reason)
             rows.append(row)
         return rows
 

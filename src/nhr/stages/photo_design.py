@@ -31,6 +31,7 @@ from nhr.backends.base import ChatMessage, TextRequest, VisionRequest
 from nhr.calls import Failure, call_model
 from nhr.ids import derive_seed, stable_id
 from nhr.parsing import ParseError, extract_json
+from nhr.records import DROPPED, FAILED, OK
 from nhr.sources import REJECT_REASONS, Entry, draw, normalise, open_source
 from nhr.stages.base import StageContext, template
 from nhr.stages.design import UNSPECIFIED_STYLE
@@ -39,6 +40,19 @@ DESCRIPTION_WORDS = 150  # a description longer than this is not one paragraph: 
 NO_FITTING_EDITS = "no_fitting_edits"
 # Reasons a drawn item is dropped (what it is, not a model failing on it).
 DROP_REASONS = (*REJECT_REASONS, NO_FITTING_EDITS)
+
+
+def count_reason(stats: Any, reason: str | None) -> str:
+    """Count one drawn item in `stats` by its `source_reason`; returns its status: ok (no
+    reason), dropped (what the item is: DROP_REASONS) or failed (a model failing on it)."""
+    if reason is None:
+        stats.rows_out += 1
+        return OK
+    if reason in DROP_REASONS:
+        stats.drop(reason)
+        return DROPPED
+    stats.fail(reason)
+    return FAILED
 
 
 def describe_request(ctx: StageContext, png: bytes, item_key: str) -> VisionRequest:
@@ -163,13 +177,7 @@ class PhotoDesignStage:
         came back from its checkpoint)."""
         for row in rows:
             ctx.stats.rows_in += 1
-            reason = row["source_reason"]
-            if reason is None:
-                ctx.stats.rows_out += 1
-            elif reason in DROP_REASONS:
-                ctx.stats.drop(reason)
-            else:
-                ctx.stats.fail(reason)
+            count_reason(ctx.stats, row["source_reason"])
             for problem in row.pop("edit_problems", None) or []:
                 ctx.stats.drop(problem)
 

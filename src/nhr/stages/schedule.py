@@ -98,10 +98,14 @@ def job_row(
 
 def shard_keys(config, inputs: dict[str, Any], shard: int) -> np.ndarray:
     """The draw keys (nhr.scheduler.KEY) of one shard's jobs."""
-    seed = config.run.seed
+    return draw_keys(config.run.seed, shard_jobs(config, inputs), shard)
+
+
+def draw_keys(seed: int, jobs: Any, shard: int) -> np.ndarray:
+    """The draw keys of (source, edit, seed index, job id, cost) jobs of one shard, in order."""
     keys = [
         (unit_interval(seed, "schedule", job_id), int(job_id, 16), shard, index, cost)
-        for index, (_, _, _, job_id, cost) in enumerate(shard_jobs(config, inputs))
+        for index, (_, _, _, job_id, cost) in enumerate(jobs)
     ]
     return np.array(keys, dtype=KEY)
 
@@ -129,12 +133,8 @@ class ScheduleStage:
             counts += histogram(shard_keys(config, inputs, shard)["priority"])
 
         def jobs_in(lo: int, hi: int) -> np.ndarray:
-            parts = []
-            for shard, inputs in shards:
-                keys = shard_keys(config, inputs, shard)
-                buckets = bucket_of(keys["priority"])
-                parts.append(keys[(buckets >= lo) & (buckets < hi)])
-            return np.concatenate(parts)
+            keys = (shard_keys(config, inputs, shard) for shard, inputs in shards)
+            return _in_buckets(keys, lo, hi)
 
         return find_cutoff(counts, jobs_in, budget)
 
@@ -258,14 +258,8 @@ class AdaptiveScheduleStage:
 
     def _offer_keys(self, config, inputs, shard: int, new_pairs, stopped) -> np.ndarray:
         _, states = self._state(config, inputs)
-        seed = config.run.seed
-        keys = [
-            (unit_interval(seed, "schedule", job_id), int(job_id, 16), shard, index, cost)
-            for index, (_, _, _, job_id, cost) in enumerate(
-                self._offers(config, inputs, shard, states, new_pairs, stopped)
-            )
-        ]
-        return np.array(keys, dtype=KEY)
+        offers = self._offers(config, inputs, shard, states, new_pairs, stopped)
+        return draw_keys(config.run.seed, offers, shard)
 
     # -- pass 1 ------------------------------------------------------------------------------
     def plan(self, config, shards: ShardInputs) -> RoundPlan:
@@ -404,8 +398,9 @@ class AdaptiveScheduleStage:
 
 
 def _in_buckets(shard_keys: Iterator[np.ndarray], lo: int, hi: int) -> np.ndarray:
-    parts = [
-        keys[(bucket_of(keys["priority"]) >= lo) & (bucket_of(keys["priority"]) < hi)]
-        for keys in shard_keys
-    ]
+    """The keys whose priority bucket is in [lo, hi), over every shard."""
+    parts = []
+    for keys in shard_keys:
+        buckets = bucket_of(keys["priority"])
+        parts.append(keys[(buckets >= lo) & (buckets < hi)])
     return np.concatenate(parts) if parts else np.zeros(0, dtype=KEY)

@@ -173,6 +173,19 @@ def passes(
     return adherence >= min_adherence and aesthetics >= min_aesthetics
 
 
+def record_scores(
+    row: dict[str, Any], readings: list[tuple[float, float]], settings: Any, prefix: str = ""
+) -> tuple[float, float]:
+    """Write a judge's aggregated scores (and, with K > 1, its K readings) into `row`'s
+    `<prefix>adherence` / `<prefix>aesthetics` columns; returns the aggregated pair."""
+    scores = aggregate(readings, settings.aggregate)
+    row[f"{prefix}adherence"], row[f"{prefix}aesthetics"] = scores
+    if settings.samples > 1:
+        row[f"{prefix}adherence_samples"] = [a for a, _ in readings]
+        row[f"{prefix}aesthetics_samples"] = [b for _, b in readings]
+    return scores
+
+
 class ValidateStage:
     name = "validate"
     reads = ("edit", "prefilter")
@@ -206,23 +219,18 @@ class ValidateStage:
                 row.update(status=FAILED, reason=result.reason)
                 ctx.stats.fail(result.reason)
             else:
-                scores = aggregate(result, settings.aggregate)
-                row["adherence"], row["aesthetics"] = scores
-                if settings.samples > 1:
-                    row["adherence_samples"] = [a for a, _ in result]
-                    row["aesthetics_samples"] = [b for _, b in result]
+                scores = record_scores(row, result, settings)
                 if settings.excluded(candidate.get("operation")):
                     # scored all the same: the scores stay for the next calibration
                     row.update(status=DROPPED, reason="category_excluded")
                     ctx.stats.drop("category_excluded")
-                elif passes(ctx, *scores, candidate.get("operation")):
-                    ctx.stats.rows_out += 1
-                else:
+                elif not passes(ctx, *scores, candidate.get("operation")):
                     row.update(status=DROPPED, reason="below_threshold")
                     ctx.stats.drop("below_threshold")
             rows.append(row)
         if settings.second_judge:
             self._second_judge(ctx, candidates, rows)
+        ctx.stats.rows_out += sum(row["status"] == OK for row in rows)
         return rows
 
     @staticmethod
@@ -241,19 +249,12 @@ class ValidateStage:
         results = sampled_scores(ctx, "second_validator", [candidates[i] for i in passed])
         for index, result in zip(passed, results):
             row = rows[index]
-            ctx.stats.rows_out -= 1  # counted again below if the second judge agrees
             if isinstance(result, Failure):
                 reason = f"second_judge_{result.reason}"
                 row.update(status=FAILED, reason=reason)
                 ctx.stats.fail(reason)
                 continue
-            scores = aggregate(result, settings.aggregate)
-            row["second_adherence"], row["second_aesthetics"] = scores
-            if settings.samples > 1:
-                row["second_adherence_samples"] = [a for a, _ in result]
-                row["second_aesthetics_samples"] = [b for _, b in result]
-            if passes(ctx, *scores, candidates[index].get("operation")):
-                ctx.stats.rows_out += 1
-            else:
+            scores = record_scores(row, result, settings, prefix="second_")
+            if not passes(ctx, *scores, candidates[index].get("operation")):
                 row.update(status=DROPPED, reason="second_judge_below_threshold")
                 ctx.stats.drop("second_judge_below_threshold")

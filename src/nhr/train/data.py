@@ -72,21 +72,20 @@ def _decode(data: bytes) -> Image.Image:
 
 def _from_run(location: str | Path) -> TripletData:
     from nhr.config import parse_config
-    from nhr.exports.common import ExportJob, image_bytes, triplet_rows
+    from nhr.exports.common import ExportJob, finished_shards, image_bytes, triplet_rows
     from nhr.pipeline import release_stage
-    from nhr.run import shard_count
     from nhr.store import RunStore
 
     store = RunStore(location)
     config = parse_config(store.read_config())
     release = release_stage(config)
-    shards = shard_count(store)
-    if not shards or not all(store.is_done(release, shard) for shard in range(shards)):
+    shards = finished_shards(store, release)
+    if not shards:
         raise TrainError(f"{location}: the run has not finished '{release}'; finish it first")
     job = ExportJob(
         store=store,
         release=release,
-        shards=list(range(shards)),
+        shards=shards,
         rows_per_file=config.export.rows_per_file,
         split_test=SPLIT_TEST,
         seed=SPLIT_SEED,

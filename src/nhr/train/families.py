@@ -26,21 +26,6 @@ from nhr.train.errors import TrainError
 # Linear layers a LoRA adapts, by module-name suffix; only those the model has are used.
 # Kontext: attention of both streams and the feed-forwards (as diffusers' Kontext LoRA
 # example); Qwen-Image: attention of both streams.
-KONTEXT_TARGETS = (
-    "attn.to_q",
-    "attn.to_k",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_q_proj",
-    "attn.add_k_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "ff_context.net.0.proj",
-    "ff_context.net.2",
-    "proj_mlp",
-)
 QWEN_TARGETS = (
     "attn.to_q",
     "attn.to_k",
@@ -50,6 +35,14 @@ QWEN_TARGETS = (
     "attn.add_k_proj",
     "attn.add_v_proj",
     "attn.to_add_out",
+)
+KONTEXT_TARGETS = (
+    *QWEN_TARGETS,
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "proj_mlp",
 )
 
 QWEN_EDIT_DIFFUSERS = "0.35.0"  # the first diffusers release with QwenImageEditPipeline
@@ -65,13 +58,32 @@ class Batch:
     source: torch.Tensor
 
 
-class KontextFamily:
-    pipeline_class = "FluxKontextPipeline"
-    targets = KONTEXT_TARGETS
-    default_max_sequence_length = 512
+class _Family:
+    """What both families share: the guidance value for models with a guidance embedding, and
+    how the transformer's output for the target tokens becomes latents again."""
 
     def __init__(self, guidance: float) -> None:
         self.guidance = guidance
+
+    def _guidance(self, pipe: Any, noisy: torch.Tensor, count: int) -> torch.Tensor | None:
+        if not getattr(pipe.transformer.config, "guidance_embeds", False):
+            return None  # `pipe.transformer`, since `transformer` may be DDP-wrapped
+        return torch.full([count], self.guidance, device=noisy.device, dtype=torch.float32)
+
+    @staticmethod
+    def _unpack(
+        pipe: Any, output: torch.Tensor, tokens: torch.Tensor, height: int, width: int
+    ) -> torch.Tensor:
+        scale = pipe.vae_scale_factor
+        return pipe._unpack_latents(
+            output[:, : tokens.shape[1]], height * scale, width * scale, scale
+        )
+
+
+class KontextFamily(_Family):
+    pipeline_class = "FluxKontextPipeline"
+    targets = KONTEXT_TARGETS
+    default_max_sequence_length = 512
 
     def encode(
         self,
@@ -104,32 +116,23 @@ class KontextFamily:
         )
         source_ids = target_ids.clone()
         source_ids[..., 0] = 1  # marks the conditioning image, as the pipeline does
-        guidance = None
-        if pipe.transformer.config.guidance_embeds:  # `transformer` may be DDP-wrapped
-            guidance = torch.full([count], self.guidance, device=noisy.device, dtype=torch.float32)
         output = transformer(
             hidden_states=torch.cat([tokens, context], dim=1).to(dtype),
             timestep=sigmas.to(dtype),  # the pipeline passes timestep / 1000, i.e. sigma
-            guidance=guidance,
+            guidance=self._guidance(pipe, noisy, count),
             pooled_projections=batch.text["pooled"],
             encoder_hidden_states=batch.text["prompt_embeds"],
             txt_ids=batch.text["text_ids"],
             img_ids=torch.cat([target_ids, source_ids], dim=0),
             return_dict=False,
         )[0]
-        scale = pipe.vae_scale_factor
-        return pipe._unpack_latents(
-            output[:, : tokens.shape[1]], height * scale, width * scale, scale
-        )
+        return self._unpack(pipe, output, tokens, height, width)
 
 
-class QwenEditFamily:
+class QwenEditFamily(_Family):
     pipeline_class = "QwenImageEditPipeline"
     targets = QWEN_TARGETS
     default_max_sequence_length = 1024
-
-    def __init__(self, guidance: float) -> None:
-        self.guidance = guidance
 
     def encode(
         self,
@@ -158,22 +161,16 @@ class QwenEditFamily:
         tokens = pipe._pack_latents(noisy, count, channels, height, width)
         context = pipe._pack_latents(batch.source, count, channels, height, width)
         shape = (1, height // 2, width // 2)
-        guidance = None
-        if getattr(pipe.transformer.config, "guidance_embeds", False):
-            guidance = torch.full([count], self.guidance, device=noisy.device, dtype=torch.float32)
         output = transformer(
             hidden_states=torch.cat([tokens, context], dim=1).to(dtype),
             timestep=sigmas.to(dtype),
-            guidance=guidance,
+            guidance=self._guidance(pipe, noisy, count),
             encoder_hidden_states_mask=batch.text["mask"],
             encoder_hidden_states=batch.text["prompt_embeds"],
             img_shapes=[[shape, shape]] * count,
             return_dict=False,
         )[0]
-        scale = pipe.vae_scale_factor
-        return pipe._unpack_latents(
-            output[:, : tokens.shape[1]], height * scale, width * scale, scale
-        )
+        return self._unpack(pipe, output, tokens, height, width)
 
 
 FAMILIES = {"FluxKontextPipeline": KontextFamily, "QwenImageEditPipeline": QwenEditFamily}

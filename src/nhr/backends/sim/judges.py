@@ -149,6 +149,10 @@ def _profiles() -> dict[str, JudgeProfile]:
         "noise": 0.05,
         "color_drift": 0.1,
     }
+
+    def scaled_blind(factor: float) -> dict[str, float]:
+        return {k: round(min(1.0, v * factor), 3) for k, v in common_blind.items()}
+
     categories = {
         "remove_object": 0.85,
         "add_object": 0.9,
@@ -193,7 +197,7 @@ def _profiles() -> dict[str, JudgeProfile]:
             bias_aesthetics=0.09,
             noise_correlation=0.5,
             halo=0.74,
-            blind_spots={k: round(min(1.0, v * 1.55), 3) for k, v in common_blind.items()},
+            blind_spots=scaled_blind(1.55),
             category_noise=categories,
             shared=0.4,
             unwanted_threshold=4.0,
@@ -209,7 +213,7 @@ def _profiles() -> dict[str, JudgeProfile]:
             bias_aesthetics=0.23,
             noise_correlation=0.5,
             halo=0.7,
-            blind_spots={k: round(min(1.0, v * 0.46), 3) for k, v in common_blind.items()},
+            blind_spots=scaled_blind(0.46),
             category_noise=categories,
             shared=0.4,
             favourite_scores=(3.0, 4.0, 4.5, 5.0),
@@ -225,7 +229,7 @@ def _profiles() -> dict[str, JudgeProfile]:
             bias_aesthetics=0.98,
             noise_correlation=0.6,
             halo=0.61,
-            blind_spots={k: round(min(1.0, v * 2.9), 3) for k, v in common_blind.items()},
+            blind_spots=scaled_blind(2.9),
             category_noise=categories,
             shared=0.4,
             favourite_scores=(4.0, 5.0),

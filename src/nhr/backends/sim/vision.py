@@ -115,16 +115,8 @@ def answer(request: VisionRequest, config: SimBackendConfig) -> str | BackendErr
     instruction = match.group(1) if match else ""
     before, after = _scene(request.images[0]), _scene(request.images[1])
     pair = tuple(sorted(hashlib.sha256(image).digest() for image in request.images[:2]))
-    if before is None or after is None:
-        adherence, aesthetic = 2.5, 3.5  # no truth to read: an undecided judge
-        result = Assessment(
-            parsed=False,
-            adherence_penalties={"unparsed": 2.5},
-            aesthetics_penalties={"unparsed": 1.5},
-        )
-    else:
-        result = assess(before, after, instruction)
-        adherence, aesthetic = result.adherence, result.aesthetics
+    result = _truth(before, after, instruction)
+    adherence, aesthetic = result.adherence, result.aesthetics
     if profile is not None:
         pair_key = b"".join(pair)
         direction = digest(request.images[0], request.images[1], instruction)
@@ -182,22 +174,12 @@ def _pairwise_answer(
             }
         )
     edits = request.images[1:3]
-    truths = []
-    for edited in edits:
-        before, after = _scene(source), _scene(edited)
-        if before is None or after is None:
-            truths.append(
-                Assessment(
-                    parsed=False,
-                    adherence_penalties={"unparsed": 2.5},
-                    aesthetics_penalties={"unparsed": 1.5},
-                )
-            )
-        else:
-            truths.append(assess(before, after, instruction))
+    before = _scene(source)
+    afters = [_scene(edited) for edited in edits]
+    truths = [_truth(before, after, instruction) for after in afters]
+    operations = [clause.op for clause in parse_instruction(instruction)]
     utilities = []
-    for position, (edited, result) in enumerate(zip(edits, truths)):
-        after = _scene(edited)
+    for position, (edited, after, result) in enumerate(zip(edits, afters, truths)):
         pair = tuple(sorted(hashlib.sha256(image).digest() for image in (source, edited)))
         if side is None:
             readings = observe_scores((result.adherence, result.aesthetics), config, pair, key)
@@ -212,7 +194,6 @@ def _pairwise_answer(
                     }
                 }
             )
-            operations = [clause.op for clause in parse_instruction(instruction)]
             readings = judges.read_scores(
                 seen_by,
                 result,
@@ -275,14 +256,7 @@ def _bench_answer(
     instruction = match.group(1) if match else ""
     before, after = _scene(request.images[0]), _scene(request.images[1])
     pair = tuple(sorted(hashlib.sha256(image).digest() for image in request.images[:2]))
-    if before is None or after is None:
-        result = Assessment(
-            parsed=False,
-            adherence_penalties={"unparsed": 2.5},
-            aesthetics_penalties={"unparsed": 1.5},
-        )
-    else:
-        result = assess(before, after, instruction)
+    result = _truth(before, after, instruction)
     unwanted = Assessment(
         parsed=result.parsed,
         adherence_penalties={
@@ -335,6 +309,18 @@ def _on_five(value: float) -> int:
 def _generated(png: bytes) -> bool:
     meta = read_meta(png)
     return bool(meta) and meta.get("kind") in ("generated", "photo")  # a source image
+
+
+def _truth(before: Scene | None, after: Scene | None, instruction: str) -> Assessment:
+    """What the edit truly did; with no scene to read on either side, an undecided reading
+    (adherence 2.5, aesthetics 3.5)."""
+    if before is None or after is None:
+        return Assessment(
+            parsed=False,
+            adherence_penalties={"unparsed": 2.5},
+            aesthetics_penalties={"unparsed": 1.5},
+        )
+    return assess(before, after, instruction)
 
 
 def _scene(png: bytes) -> Scene | None:
