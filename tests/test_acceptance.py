@@ -13,7 +13,7 @@ import yaml
 
 import nhr
 from conftest import QUICKSTART
-from helpers import dataset_rows, table_rows
+from helpers import dataset_rows, finish, kill_at_write, signature, table_rows
 from nhr.analysis.estimate import compute_estimate
 from nhr.analysis.report import build_report
 from nhr.backends.sim import SUPPORTED_OPERATIONS
@@ -39,6 +39,16 @@ def test_quickstart_mines_200_forward_triplets_covering_every_operation(quicksta
     assert len(forward) >= 200
     assert {r["operation"] for r in forward} == set(SUPPORTED_OPERATIONS)
     assert stats["complete"]
+
+
+def test_the_readme_quotes_the_quickstarts_real_count(quickstart):
+    """The README's opening promise ("N triplets from 144 prompts") is this run's count."""
+    run_dir, _, _ = quickstart
+    readme = (QUICKSTART.parents[1] / "README.md").read_text()
+    said = re.search(r"([\d,]+) triplets from ([\d,]+) prompts", readme)
+    assert said, "the README does not say what the quickstart mines"
+    assert int(said.group(2).replace(",", "")) == load_config(QUICKSTART).run.prompts
+    assert int(said.group(1).replace(",", "")) == len(dataset_rows(run_dir))
 
 
 def test_every_surviving_forward_has_its_inverse_and_composites_exist(quickstart):
@@ -185,3 +195,14 @@ def test_backward_filter_catches_phantom_removals_and_spares_correct_edits(tmp_p
     stats = json.loads((run_dir / "report" / "stats.json").read_text())
     backward = next(s for s in stats["stages"] if s["stage"] == "backward")
     assert backward["dropped"]["forward_backward_inconsistent"] >= 0.8 * len(verdicts["phantom"])
+
+
+def test_growing_the_quickstart_from_48_prompts_gives_the_one_go_dataset(quickstart, tmp_path):
+    """48 -> 144 prompts, killed while growing and resumed: the dataset of the 144-prompt
+    quickstart mined in one go, row for row."""
+    one_go, _, _ = quickstart
+    grown = tmp_path / "grown"
+    nhr.mine(load_config(QUICKSTART, {"run.prompts": 48}), grown, preflight=False)
+    kill_at_write(QUICKSTART, grown, "stages/edit/shard-00010", 1)
+    finish(QUICKSTART, grown)
+    assert signature(grown) == signature(one_go)

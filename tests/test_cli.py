@@ -87,7 +87,7 @@ def test_status_of_a_finished_run(mined):
 
 def test_mine_and_export_commands(tmp_path, small_config):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(small_config(run={"prompts": 4})))
+    path.write_text(yaml.safe_dump(small_config(run={"prompts": 8})))
     done = nhr("mine", str(path), "--run-dir", str(tmp_path / "r"), "--no-progress", "--seed", "3")
     assert done.returncode == 0, done.stderr
     assert "triplets into" in done.stdout

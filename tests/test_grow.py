@@ -16,7 +16,7 @@ STAGES = ("design", "generate", "plausibility", "schedule", "edit", "validate", 
 
 
 def grow_config(small_config, prompts, **sections):
-    # two operations and B=4: the batch size is the same at 8 and at 16 prompts
+    # two operations and B=4: one design block is 8 prompts
     brief = {"operations": ["remove_object", "add_object"]}
     design = {"batch_size": 4}
     run = {"prompts": prompts, "shard_size": 4}
@@ -81,11 +81,16 @@ def test_a_kill_while_growing_resumes_to_the_same_run(tmp_path, small_config, on
     assert_same_run(grown, one_go)
 
 
-def test_a_run_that_cannot_grow_says_why(tmp_path, small_config):
-    run_dir = tmp_path / "run"
-    # 16 operations in the cycle: B is 1 at 16 prompts and 2 at 32, so the prompts differ
-    nhr.mine(small_config(), run_dir, preflight=False)
-    with pytest.raises(RunConfigError, match="cannot grow the run from 16 to 32 prompts"):
-        nhr.mine(small_config(run={"prompts": 32}), run_dir, preflight=False)
-    with pytest.raises(RunConfigError, match="run.prompts: 16 -> 8"):  # no shrinking
-        nhr.mine(small_config(run={"prompts": 8}), run_dir, preflight=False)
+def test_a_small_run_of_a_long_cycle_grows_and_never_shrinks(tmp_path, small_config):
+    """The quickstart's 16-batch cycle (12 operations, some weighted) and B = 8: a 16-prompt
+    run keeps the first item of each of the block's 16 batches, a 32-prompt run the first
+    two; growing gives the same run."""
+    grown, one_go = tmp_path / "grown", tmp_path / "one-go"
+    nhr.mine(small_config(), grown, preflight=False)
+    assert len({p["operation"] for p in table_rows(grown, "design")}) == 12
+    nhr.mine(small_config(run={"prompts": 32}), grown, preflight=False)
+    nhr.mine(small_config(run={"prompts": 32}), one_go, preflight=False)
+    assert table_rows(grown, "design") == table_rows(one_go, "design")
+    assert signature(grown) == signature(one_go) and signature(grown)
+    with pytest.raises(RunConfigError, match="run.prompts: 32 -> 8"):  # no shrinking
+        nhr.mine(small_config(run={"prompts": 8}), grown, preflight=False)

@@ -215,7 +215,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--exclude-unreachable",
         action="store_true",
         help="write {exclude: true} for a category whose precision reaches the target at no "
-        "threshold (validate drops it: category_excluded); default: it keeps the global pair",
+        "threshold (validate drops it: category_excluded); default: the threshold of its surest "
+        "best precision, never below the global pair",
     )
     calibrate.add_argument(
         "--confidence",
@@ -428,9 +429,9 @@ def _measured_calls(config, run_dir: str) -> tuple[str, dict[str, int]] | None:
     """Calls per stage of the finished run in `run_dir`, scaled to this config's prompts."""
     import json
 
-    from nhr.analysis.estimate import design_batches
     from nhr.config import ConfigError, parse_config
     from nhr.pipeline import build_stages
+    from nhr.stages.design import design_batches
     from nhr.storage import StorageSetupError
     from nhr.store import RunDirError, RunStore
 

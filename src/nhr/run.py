@@ -130,34 +130,16 @@ def prepare_run_dir(store: RunStore, config: NhrConfig, redo_from: str | None) -
 def growth(
     previous: dict[str, Any], config: NhrConfig, changes: list[tuple[str, str, Any, Any]]
 ) -> tuple[int, int] | None:
-    """(old, new) prompt counts when `run.prompts` was raised and the run can grow into it.
+    """(old, new) prompt counts when `run.prompts` was raised, so the run grows into it.
 
-    Growing keeps every designed prompt, so it needs design to be a prefix: the first N
-    prompts of a run of M > N prompts are the N prompts of the smaller run. Design batch j is
-    the same request whatever the prompt count (its operation, seed and item count B), except
-    that B is lowered for runs too small to give every operation of the cycle a batch
-    (`effective_batch_size`); when that lowered B differs between the two sizes, the run
-    cannot grow (RunConfigError says so). A lower `run.prompts` never shrinks a run."""
-    from nhr.stages.design import effective_batch_size
-
+    Growing keeps every designed prompt: the first N prompts of a run of M > N prompts are the
+    N prompts of the smaller run (design asks the same batches whatever the prompt count and
+    numbers a block's prompts round-robin). A lower `run.prompts` never shrinks a run."""
     change = next((c for c in changes if c[1] == "run.prompts"), None)
     if change is None:
         return None
     old, new = int(change[2]), int(change[3])
-    if new < old:
-        return None
-    old_config = config.model_copy(update={"run": config.run.model_copy(update={"prompts": old})})
-    old_b, new_b = effective_batch_size(old_config), effective_batch_size(config)
-    if old_b != new_b:
-        cycle = len(config.brief.operation_cycle())
-        raise RunConfigError(
-            f"cannot grow the run from {old} to {new} prompts: its design batches asked for "
-            f"{old_b} items each, a {new}-prompt run asks for {new_b} (a small run lowers "
-            f"design.batch_size so that each of the {cycle} operations of the cycle gets a "
-            "batch), so its prompts would not be the ones already mined. Mine into a new "
-            "--run-dir, or add --redo-from design."
-        )
-    return old, new
+    return (old, new) if new > old else None
 
 
 # -- markers: what is done and still up to date --------------------------------------------------

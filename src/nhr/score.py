@@ -1,6 +1,6 @@
 """`nhr score`: a judge scores a random sample of any image-editing dataset.
 
-The NHR paper (arXiv 2507.14119, Tables 3 and 4) scored 5,000 random triplets of each public
+The NHR paper (arXiv 2507.14119, Table 3) scored 5,000 random triplets of each public
 editing dataset with its validator and compared the datasets by their mean scores. This does
 the same with any judge config (its model for `--role`, asked and read exactly as the validate
 stage asks: nhr.stages.validate.judge_scores), for datasets in the common layouts:

@@ -8,17 +8,10 @@ the target.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from nhr.config import NhrConfig
-
-
-def design_batches(config: NhrConfig, prompts: int) -> int:
-    from nhr.stages.design import effective_batch_size
-
-    run = config.run.model_copy(update={"prompts": prompts})
-    return math.ceil(prompts / effective_batch_size(config.model_copy(update={"run": run})))
+from nhr.stages.design import design_batches
 
 
 def compute_estimate(

@@ -1,9 +1,14 @@
 """Stage 1, design: an LLM writes batches of {prompt, style, edits} items for the brief.
 
-Batch j asks for the operation at j in the brief's operation cycle, with its own seed, so
-every batch is reproducible and the prompt list is the same prefix whatever the batch count.
-A batch holds at most B items, fewer when the run is too small for every operation of the
-cycle to get a batch of B. Batches are asked for in rounds of at most `ROUND_BATCHES` and
+Batch j asks for B = `design.batch_size` items of the operation at j in the brief's operation
+cycle, with its own seed, so every batch is reproducible whatever the prompt count. Batches
+come in blocks, one batch per operation of the cycle, and a block's prompts are numbered
+round-robin: the first item of every batch of the block, then the second, and so on. So a
+small run still gets every operation of the cycle, and the prompts of a run of N prompts
+are exactly the first N of any larger run: a run can grow (`nhr mine --prompts`) into the
+run it would have been. The cost is that a run smaller than a block (cycle length x B items)
+asks for more items than it keeps (counted as dropped `over_target`); design calls are the
+cheapest of the pipeline. Blocks are asked for in rounds of about `ROUND_BATCHES` batches and
 each batch's parsed answer is checkpointed when its round ends, so the requests in memory do
 not grow with `run.prompts` and a killed run never pays twice for a design call. Items are
 checked one by one: a bad item is dropped with a reason; an answer with no JSON array is
@@ -30,8 +35,9 @@ from nhr.stages.base import StageContext, template
 
 UNSPECIFIED_STYLE = "unspecified"
 
-# Design calls sent at once: enough to keep a concurrent API busy (default 16 in flight), few
-# enough that the requests in memory and the answers lost to a kill stay small.
+# Design calls sent at once (whole blocks: at least one, more while they fit): enough to keep
+# a concurrent API busy (default 16 in flight), few enough that the requests in memory and the
+# answers lost to a kill stay small.
 ROUND_BATCHES = 64
 
 
@@ -40,10 +46,15 @@ def batch_operation(config, batch_index: int) -> str:
     return cycle[batch_index % len(cycle)]
 
 
-def effective_batch_size(config) -> int:
-    """B, or less when prompts / B batches would leave operations of the cycle undesigned."""
-    cycle = len(config.brief.operation_cycle())
-    return max(1, min(config.design.batch_size, math.ceil(config.run.prompts / cycle)))
+def block_size(config) -> int:
+    """Design batches per block: one per operation of the cycle."""
+    return len(config.brief.operation_cycle())
+
+
+def design_batches(config, prompts: int) -> int:
+    """The batches a run of `prompts` prompts asks for when no item is dropped: whole blocks."""
+    per_block = block_size(config) * config.design.batch_size
+    return block_size(config) * math.ceil(prompts / per_block)
 
 
 def design_request(ctx: StageContext, batch_index: int) -> TextRequest:
@@ -54,7 +65,7 @@ def design_request(ctx: StageContext, batch_index: int) -> TextRequest:
         styles=", ".join(config.brief.styles),
         operation=operation.key,
         guidance=operation.guidance,
-        batch_size=effective_batch_size(config),
+        batch_size=config.design.batch_size,
     )
     return TextRequest(
         messages=(ChatMessage("user", text),),
@@ -135,22 +146,32 @@ class DesignStage:
         so its table is written before the next is designed (reads nothing: `shards` unused)."""
         config = ctx.config
         wanted = config.run.prompts
-        batch_size = effective_batch_size(config)
-        max_batches = config.design.max_batches or 3 * math.ceil(wanted / batch_size) + 2
+        block = block_size(config)
+        max_batches = config.design.max_batches or 3 * design_batches(config, wanted) + block
+        round_blocks = max(1, ROUND_BATCHES // block)
         model = ctx.model_info("designer")
         shard_rows: list[dict[str, Any]] = []  # the prompts of the shard being filled
         designed = 0  # prompts designed so far (rows past `wanted` are counted, not kept)
         seen_prompts: set[bytes] = set()  # prompt_key of every prompt so far
         next_batch = 0
         while designed < wanted and next_batch < max_batches:
-            needed = min(math.ceil((wanted - designed) / batch_size), ROUND_BATCHES)
-            indices = list(range(next_batch, min(next_batch + needed, max_batches)))
+            per_block = block * config.design.batch_size
+            blocks = min(math.ceil((wanted - designed) / per_block), round_blocks)
+            indices = list(range(next_batch, min(next_batch + blocks * block, max_batches)))
             next_batch = indices[-1] + 1
-            for batch_index, answer in zip(indices, self._answers(ctx, indices)):
-                if isinstance(answer, Failure):
-                    ctx.stats.fail(answer.reason)
-                    continue
-                for row in self._rows(ctx, batch_index, answer, designed, seen_prompts, model):
+            answers = dict(zip(indices, self._answers(ctx, indices)))
+            for start in range(indices[0], next_batch, block):
+                batch_items = []
+                for batch_index in range(start, min(start + block, next_batch)):
+                    answer = answers[batch_index]
+                    if isinstance(answer, Failure):
+                        ctx.stats.fail(answer.reason)
+                    else:
+                        batch_items.append((batch_index, answer))
+                for batch_index, item in interleave(batch_items):
+                    row = self._row(ctx, batch_index, item, designed, seen_prompts, model)
+                    if row is None:
+                        continue
                     designed += 1
                     if row["prompt_index"] < wanted:
                         shard_rows.append(row)
@@ -173,7 +194,9 @@ class DesignStage:
         missing = []
         for index in indices:
             saved = ctx.load_checkpoint(f"batch-{index:05d}")
-            if saved is None:
+            # an answer to another request (a run designed by an nhr that asked small runs for
+            # fewer items) is not this batch's answer: asked again
+            if saved is None or saved.get("asked") != ctx.config.design.batch_size:
                 missing.append(index)
             else:
                 answers[index] = saved["items"] if "items" in saved else Failure(**saved["failure"])
@@ -187,47 +210,56 @@ class DesignStage:
             parse=parse_design_answer,
         )
         for index, result in zip(missing, results):
+            asked = ctx.config.design.batch_size
             if isinstance(result, Failure):
-                ctx.save_checkpoint(f"batch-{index:05d}", {"failure": vars(result)})
+                ctx.save_checkpoint(f"batch-{index:05d}", {"failure": vars(result), "asked": asked})
             else:
-                ctx.save_checkpoint(f"batch-{index:05d}", {"items": result})
+                ctx.save_checkpoint(f"batch-{index:05d}", {"items": result, "asked": asked})
             answers[index] = result
         return [answers[index] for index in indices]
 
-    def _rows(self, ctx, batch_index, items, designed, seen_prompts, model) -> Iterator[dict]:
-        """The prompt rows of one batch's items, numbered from `designed` on."""
+    def _row(self, ctx, batch_index, item, index, seen_prompts, model) -> dict | None:
+        """The prompt row of one item, numbered `index`; None (dropped with a reason) for an
+        unusable item or a prompt the run already has."""
         config = ctx.config
         operation = batch_operation(config, batch_index)
-        for item in items:
-            ctx.stats.rows_in += 1
-            cleaned = clean_item(item)
-            if isinstance(cleaned, str):
-                ctx.stats.drop(cleaned)
-                continue
-            prompt, edits = cleaned
-            key = prompt_key(prompt)
-            if key in seen_prompts:
-                ctx.stats.drop("duplicate_prompt")
-                continue
-            seen_prompts.add(key)
-            index = designed
-            designed += 1
-            prompt_id = stable_id(config.run.seed, "prompt", index, prompt)
-            yield {
-                "prompt_id": prompt_id,
-                "prompt_index": index,
-                "prompt": prompt,
-                "operation": operation,
-                "style": item_style(item, config.brief.styles),
-                "edits": [
-                    {
-                        "edit_id": stable_id(prompt_id, "edit", k, edit["instruction"]),
-                        "instruction": edit["instruction"],
-                        "operation": operation,
-                        "composite": edit["composite"],
-                    }
-                    for k, edit in enumerate(edits)
-                ],
-                "design_batch": batch_index,
-                "model": model,
-            }
+        ctx.stats.rows_in += 1
+        cleaned = clean_item(item)
+        if isinstance(cleaned, str):
+            ctx.stats.drop(cleaned)
+            return None
+        prompt, edits = cleaned
+        key = prompt_key(prompt)
+        if key in seen_prompts:
+            ctx.stats.drop("duplicate_prompt")
+            return None
+        seen_prompts.add(key)
+        prompt_id = stable_id(config.run.seed, "prompt", index, prompt)
+        return {
+            "prompt_id": prompt_id,
+            "prompt_index": index,
+            "prompt": prompt,
+            "operation": operation,
+            "style": item_style(item, config.brief.styles),
+            "edits": [
+                {
+                    "edit_id": stable_id(prompt_id, "edit", k, edit["instruction"]),
+                    "instruction": edit["instruction"],
+                    "operation": operation,
+                    "composite": edit["composite"],
+                }
+                for k, edit in enumerate(edits)
+            ],
+            "design_batch": batch_index,
+            "model": model,
+        }
+
+
+def interleave(batches: list[tuple[int, list[Any]]]) -> Iterator[tuple[int, Any]]:
+    """(batch index, item) round-robin over a block's batches: every batch's first item, then
+    every batch's second, ... (a batch that answered fewer items than B is passed over)."""
+    longest = max((len(items) for _, items in batches), default=0)
+    for rank in range(longest):
+        for batch_index, items in batches:
+            if rank < len(items):
+                yield batch_index, items[rank]
