@@ -3,6 +3,7 @@ model once per actor, puts GPU roles one actor per GPU, stops on a broken backen
 and survives a killed worker. One Ray instance for the session (conftest's `ray_cluster`: 2 CPUs,
 2 fake GPUs)."""
 
+import re
 import shutil
 import threading
 import time
@@ -109,6 +110,15 @@ def test_a_broken_validator_stops_both_executors_alike(ray_cluster, tmp_path):
     assert errors["ray"].stage == errors["local"].stage == "validate"
     assert errors["ray"].reason == errors["local"].reason == "timeout"
     assert str(errors["ray"]) == str(errors["local"])
+
+
+def test_the_design_bar_counts_prompts_while_an_actor_designs(ray_cluster, tmp_path, capsys):
+    """Design runs on an actor; its prompt count reaches the driver's bar (not "1/1")."""
+    data = quickstart()
+    data["run"].update(prompts=8)
+    nhr.mine(data, tmp_path / "run", progress=True, preflight=False, executor="ray")
+    err = capsys.readouterr().err
+    assert re.search(r"^design: 8/8 prompts \(100%\), done in", err, re.M), err
 
 
 def test_the_cli_stops_a_ray_run_with_exit_3(ray_cluster, tmp_path, capsys):

@@ -10,7 +10,9 @@ returns the unit's marker; the driver commits it. A pool lives while later stage
 the current stage runs, so process start-up and imports are not on the critical path.
 
 Stages without a model role (schedule, select) are cheap and run in the driver through the
-same adapter. Global stages with a role (design) run as one unit on one actor of their pool.
+same adapter. Global stages with a role (design) run as one unit on one actor of their pool;
+the progress such a unit counts itself (design: prompts) reaches the driver's bar through the
+coordinator (`_RemoteProgress`), so it moves while the unit runs.
 
 What all replicas share lives in one `Coordinator` actor per run, owned by the driver:
 
@@ -75,6 +77,8 @@ log = logging.getLogger(__name__)
 MAX_RESTARTS = 3  # per actor: Ray restarts a dead actor and retries its unit this many times
 MAX_RESUBMITS = 3  # per unit, by the driver, once Ray gave up on an actor
 NAMESPACE = "nhr"
+# How often the driver looks at the progress a global unit reported (design: prompts).
+PROGRESS_POLL_S = 1.0
 # A slot not given back this long after its request's timeout belonged to a dead replica.
 SLOT_LEASE_MARGIN_S = 30.0
 
@@ -141,6 +145,7 @@ class Coordinator:
         self.limits = limits
         self.shared: dict[str, _SharedLimits] = {}  # built on the actor's loop
         self.tallies: dict[str, FailureTally] = {}
+        self.progress: Counter[str] = Counter()  # per stage: what its global unit counted
 
     def _scope(self, scope: str) -> _SharedLimits:
         if scope not in self.shared:
@@ -179,6 +184,36 @@ class Coordinator:
 
     async def undecided(self, stage: str) -> bool:
         return self._tally(stage).undecided()
+
+    async def add_progress(self, stage: str, count: int) -> None:
+        self.progress[stage] += count
+
+    async def progress_of(self, stage: str) -> int:
+        return self.progress[stage]
+
+
+class _RemoteProgress:
+    """A global unit's `ctx.progress` on an actor: counts add up here and go to the
+    coordinator at most every `REPORT_EVERY_S` (one message, not one per prompt); `flush`
+    sends the rest and waits, so the driver's last look sees everything."""
+
+    REPORT_EVERY_S = 0.5
+
+    def __init__(self, coordinator: Any, stage: str) -> None:
+        self.coordinator, self.stage = coordinator, stage
+        self.pending = 0
+        self.sent_at = time.monotonic()
+
+    def add(self, count: int) -> None:
+        self.pending += count
+        if time.monotonic() - self.sent_at >= self.REPORT_EVERY_S:
+            self.coordinator.add_progress.remote(self.stage, self.pending)
+            self.pending, self.sent_at = 0, time.monotonic()
+
+    def flush(self) -> None:
+        if self.pending:
+            ray.get(self.coordinator.add_progress.remote(self.stage, self.pending))
+            self.pending = 0
 
 
 class _RemoteLimiter:
@@ -310,8 +345,12 @@ class RoleWorker:
         return {"marker": marker, "undecided": watch.undecided()}
 
     def run_global(self, stage: str) -> dict[str, Any]:
-        marker = self._loads(self.adapter.run_global(stage, self._watch(stage)))
-        return {"marker": marker, "undecided": False}
+        progress = _RemoteProgress(self.coordinator, stage)
+        try:
+            marker = self.adapter.run_global(stage, self._watch(stage), progress.add)
+        finally:
+            progress.flush()
+        return {"marker": self._loads(marker), "undecided": False}
 
 
 def _warm_up_tables() -> None:
@@ -395,6 +434,7 @@ class _Pool:
 
 class RayExecutor(Executor):
     name = "ray"
+    streams_progress = True  # a global unit's own count comes through the coordinator
 
     def __init__(
         self,
@@ -482,23 +522,37 @@ class RayExecutor(Executor):
             if stage.roles:
                 pool = self._pool(stage.roles[0])
                 self._prestart(position)
-                try:
-                    result = ray.get(pool.actors[0].run_global.remote(stage.name))
-                except RayTaskError as error:
-                    raise _unwrap(error) from None
-                marker = result["marker"]
+                unit = pool.actors[0].run_global.remote(stage.name)
+                marker = self._await_global(unit, stage.name, bar)["marker"]
             else:
                 self._prestart(position)
                 # in the driver, one shard at a time (the adapter streams global stages)
                 progress = bar.items if bar is not None else None
                 marker = self._driver_adapter().run_global(stage.name, self.watch(stage), progress)
             if bar is not None:
-                bar.items(marker["stats"].get("model_calls", 0))
+                if not bar.counts_items:  # the unit's model calls, as the shard bars show
+                    bar.items(marker["stats"].get("model_calls", 0))
                 bar.shard_done()
         finally:
             if bar is not None:
                 bar.close()
         self.store.mark_done(stage.name, None, marker)
+
+    def _await_global(self, unit: Any, stage: str, bar: Any) -> dict[str, Any]:
+        """The result of a global unit; meanwhile a bar that counts the stage's own progress
+        (design: prompts) follows what the unit reported to the coordinator."""
+        shown = 0
+        while True:
+            done, _ = ray.wait([unit], timeout=PROGRESS_POLL_S)
+            if bar is not None and bar.counts_items:
+                counted = ray.get(self.coordinator.progress_of.remote(stage))
+                bar.items(counted - shown)
+                shown = counted
+            if done:
+                try:
+                    return ray.get(unit)
+                except RayTaskError as error:
+                    raise _unwrap(error) from None
 
     def run_shards(self, stage: Stage, shards: list[int]) -> None:
         position = self.stages.index(stage)
