@@ -147,6 +147,7 @@ class DesignStage:
         config = ctx.config
         wanted = config.run.prompts
         block = block_size(config)
+        per_block = block * config.design.batch_size
         max_batches = config.design.max_batches or 3 * design_batches(config, wanted) + block
         round_blocks = max(1, ROUND_BATCHES // block)
         model = ctx.model_info("designer")
@@ -155,7 +156,6 @@ class DesignStage:
         seen_prompts: set[bytes] = set()  # prompt_key of every prompt so far
         next_batch = 0
         while designed < wanted and next_batch < max_batches:
-            per_block = block * config.design.batch_size
             blocks = min(math.ceil((wanted - designed) / per_block), round_blocks)
             indices = list(range(next_batch, min(next_batch + blocks * block, max_batches)))
             next_batch = indices[-1] + 1
