@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,13 +37,17 @@ def write_splits(
     rows: Callable[[], Iterator[dict[str, Any]]],
     schema: pa.Schema,
     to_record: Callable[[dict[str, Any]], dict[str, Any]],
+    also_count: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, int]:
     """Write each split's rows as `data/<split>-NNNNN-of-NNNNN.parquet`, a row group at a
-    time; returns the rows per split. `rows` is called once to count and once per split to
-    write (the tables are read again rather than held)."""
+    time; returns the rows per split. `rows` is called once to count (each row also goes to
+    `also_count`, for whatever else the caller counts) and once per split to write (the
+    tables are read again rather than held)."""
     counts = dict.fromkeys(SPLITS, 0)
     for row in rows():
         counts[row["split"]] += 1
+        if also_count is not None:
+            also_count(row)
     for split in SPLITS:
         if not counts[split]:
             continue
@@ -93,26 +98,29 @@ def write_hf(job: ExportJob, folder: FolderWriter) -> dict[str, Any]:
             out[column] = image_cell(job.store, row[column])
         return out
 
-    counts = write_splits(job, folder, lambda: triplet_rows(job), DATASET_SCHEMA, record)
-    folder.write_bytes("README.md", hf_card(job, counts).encode("utf-8"))
-    return {"rows": counts}
+    card_counts: dict[str, Counter[str]] = {name: Counter() for name in CARD_COUNTS}
+
+    def count(row: dict[str, Any]) -> None:
+        for column, counter in card_counts.items():
+            counter[row[column]] += 1
+
+    splits = write_splits(job, folder, lambda: triplet_rows(job), DATASET_SCHEMA, record, count)
+    folder.write_bytes("README.md", hf_card(job, splits, card_counts).encode("utf-8"))
+    return {"rows": splits}
 
 
-def hf_card(job: ExportJob, splits: dict[str, int]) -> str:
+CARD_COUNTS = ("kind", "category", "style")  # the columns the card counts rows by
+
+
+def hf_card(job: ExportJob, splits: dict[str, int], counts: dict[str, Counter[str]]) -> str:
     """The full dataset card (nhr/exports/card.py) of an `hf` export: what is published with
-    `--push-to-hub`."""
-    from collections import Counter
-
+    `--push-to-hub`; `counts`: rows per value of each of CARD_COUNTS."""
     from nhr.analysis.survival import survival_markdown, survival_table
     from nhr.config import parse_config
     from nhr.exports.card import dataset_card
     from nhr.run import collect_stats
 
     config = parse_config(job.store.read_config())
-    counts: dict[str, Counter[str]] = {"kind": Counter(), "category": Counter(), "style": Counter()}
-    for row in triplet_rows(job):
-        for column, counter in counts.items():
-            counter[row[column]] += 1
     table = survival_table(collect_stats(job.store, config))
     intro = (
         "The split is by source image: a source, its inverses and its composites are always "
