@@ -158,9 +158,16 @@ def quickstart_figures(run_dir: Path) -> None:
     curve = summary["survival_curve"]
     knees = [round(float(k), 1) for k in curve.get("knees") or []]
     changes = [f"{float(c):+.0%}" for c in curve.get("knee_changes") or []]
+
+    def level(t: float) -> float:  # S(t): the share of the validated pool kept at t
+        index = min(range(len(curve["thresholds"])), key=lambda i: abs(curve["thresholds"][i] - t))
+        return curve["survival"][index]
+
+    # the paper: "drops at T = 4.5 (-62.1 % of the initial pool) and T = 4.9 (-84.0 %)"
     print(
-        f"S(T) knees: {knees} ({', '.join(changes)}), paper {list(PAPER_KNEES)} (-62%, -84%); "
-        f"suggested threshold {curve['suggested_threshold']} (paper 4.7)"
+        f"S(T) knees: {knees} (steps {', '.join(changes)}), paper {list(PAPER_KNEES)}; "
+        f"S(4.5) {level(4.5):.1%}, S(4.9) {level(4.9):.1%} (paper 37.9%, 16.0%: -62.1% and "
+        f"-84.0% of the pool); suggested threshold {curve['suggested_threshold']} (paper 4.7)"
     )
 
     images = ImageStore(run_dir / "images")

@@ -170,6 +170,34 @@ def test_unreachable_categories_are_excluded_only_when_asked():
     assert 0 < released_after < released_before  # the stated cost: fewer released
 
 
+def test_an_unreachable_category_is_tightened_where_its_precision_is_surely_best():
+    """A lenient judge: at 4.7 half of what it keeps is wrong, at 4.9 a sixth; 7 of a handful
+    of 5.0 readings are right, the best point precision. The category is tightened to 4.9
+    (many items, a better lower bound), not to the 5.0 peak, and never below the floor."""
+    blocks = [(4.7, 200, 100), (4.8, 200, 120), (4.9, 200, 168), (5.0, 8, 7)]  # value, n, right
+    seen = np.concatenate([np.full((n, 2), value) for value, n, _ in blocks])
+    positive = np.concatenate([np.arange(n) < right for _, n, right in blocks])
+    names = ["style_transfer"] * len(seen)
+    chosen = category_thresholds(seen, positive, names, JudgeScale(), 0.9, min_kept=5)
+    entry = chosen["style_transfer"]
+    assert not entry["reached"] and entry["best_precision"] == 0.875
+    assert 4.8 < entry["adherence"] <= 4.9 and entry["kept"] == 208  # the 4.9 and 5.0 readings
+    floor = category_thresholds(
+        seen[:400], positive[:400], names[:400], JudgeScale(), 0.9, floor=(4.75, 4.75)
+    )
+    assert floor["style_transfer"]["adherence"] >= 4.75
+
+
+def test_no_threshold_below_the_lowest_labelled_reading():
+    """Labels of items that all read >= 4.7 (e.g. an audit of released triplets) say nothing
+    about lower thresholds: a category reaching the target there stays at 4.7."""
+    seen = np.full((40, 2), 4.7)
+    seen[20:] = 4.9
+    positive = np.ones(40, dtype=bool)
+    chosen = category_thresholds(seen, positive, ["add_object"] * 40, JudgeScale(), 0.9)
+    assert chosen["add_object"]["reached"] and chosen["add_object"]["adherence"] == 4.7
+
+
 def test_the_wilson_bound_keeps_noise_from_deciding():
     assert wilson(45, 50)[0] < 0.9 < wilson(45, 50)[1]
     assert wilson(0, 0) == (0.0, 1.0)

@@ -342,10 +342,12 @@ def test_a_run_with_every_lever_is_deterministic_and_resumable(tmp_path):
         validate={
             "samples": 2,
             "second_judge": True,
+            "second_judge_rule": "mean",
             "adherence_threshold": 4.0,
             "aesthetics_threshold": 4.0,
         },
         select={"best_of": "pairwise"},
+        plausibility={"samples": 2},
         invert={"enabled": False},  # the levers end at select
     )
     data["run"].update(prompts=8)
@@ -362,7 +364,7 @@ def test_a_run_with_every_lever_is_deterministic_and_resumable(tmp_path):
                 for path in sorted((run_dir / "stages" / stage).glob("shard-*.parquet"))
                 for row in pq.read_table(path).to_pylist()
             ]
-            for stage in ("validate", "select")
+            for stage in ("plausibility", "validate", "select")
         }
 
     result = nhr.mine(data, tmp_path / "run")
@@ -373,7 +375,8 @@ def test_a_run_with_every_lever_is_deterministic_and_resumable(tmp_path):
     assert any(r["status"] == "ok" for r in first["select"])
     calls = {s["stage"]: s["model_calls"] for s in result.stats["stages"]}
     assert calls["select"] > 0  # pairwise comparisons were asked
-    nhr.mine(data, tmp_path / "run", redo_from="validate")
+    assert all(len(r["answers"]) == 2 for r in first["plausibility"] if r["answer"])
+    nhr.mine(data, tmp_path / "run", redo_from="plausibility")
     assert tables(tmp_path / "run") == first
 
 
@@ -418,3 +421,156 @@ def test_the_simulated_judge_compares_two_edits_from_what_it_sees():
         [VisionRequest(images=(source, good), prompt=prompt_text)]
     )
     assert isinstance(short[0], PermanentBackendError)
+
+
+# -- validate.second_judge_rule: mean ------------------------------------------------------------
+
+
+def test_the_mean_rule_asks_the_second_judge_about_every_candidate_and_keeps_the_mean(tmp_path):
+    images = ImageStore(tmp_path)
+    edits = candidates(images)
+    # c0: the validator alone would fail it (4.6), the mean passes (4.7); c1: the validator
+    # passes it (4.8), the mean fails (4.6); c2: both high
+    first = ScriptedJudge(lambda r: scores([4.6, 4.8, 5.0][number(r)], 5.0))
+    second = ScriptedJudge(lambda r: scores([4.8, 4.4, 4.9][number(r)], 4.9), "second")
+    cfg = second_config(second_judge_rule="mean")
+    rows, ctx = validate(cfg, {"validator": first, "second_validator": second}, edits, images)
+    assert sorted(number(r) for r in second.requests) == [0, 1, 2]  # every scored candidate
+    assert (rows["c0"]["status"], rows["c0"]["adherence"], rows["c0"]["aesthetics"]) == (
+        "ok",
+        4.7,
+        4.95,
+    )
+    assert rows["c0"]["adherence_samples"] == [4.6]  # the validator's own reading stays
+    assert rows["c0"]["second_adherence"] == 4.8
+    assert (rows["c1"]["status"], rows["c1"]["reason"]) == ("dropped", "below_threshold")
+    assert rows["c2"]["status"] == "ok"
+    assert ctx.stats.rows_out == 2 and ctx.stats.dropped == {"below_threshold": 1}
+
+
+def test_the_mean_rule_needs_the_second_judge_and_a_failed_second_judge_fails(tmp_path):
+    with pytest.raises(ConfigError, match="second_judge_rule: mean needs validate.second_judge"):
+        config(validate={"second_judge_rule": "mean"})
+    with pytest.raises(ConfigError, match="validate.second_judge_rule"):
+        second_config(second_judge_rule="average")
+    images = ImageStore(tmp_path)
+    edits = candidates(images, count=2)
+    first = ScriptedJudge(lambda r: scores(5.0, 5.0) if number(r) else "no JSON here")
+    second = ScriptedJudge(lambda r: "no JSON" if number(r) else scores(5.0, 5.0), "second")
+    cfg = second_config(second_judge_rule="mean")
+    rows, ctx = validate(cfg, {"validator": first, "second_validator": second}, edits, images)
+    assert {number(r) for r in second.requests} == {1}  # c0 failed with the validator
+    assert (rows["c0"]["status"], rows["c0"]["reason"]) == ("failed", "unparseable")
+    assert (rows["c1"]["status"], rows["c1"]["reason"]) == ("failed", "second_judge_unparseable")
+    from nhr.pipeline import config_changes
+
+    changes = config_changes(second_config().to_dict(), cfg.to_dict())
+    assert [c[:2] for c in changes] == [("validate", "validate.second_judge_rule")]
+
+
+# -- plausibility.samples: look at each source K times -------------------------------------------
+
+
+def gate(cfg, answer, tmp_path, count=3):
+    """The plausibility stage over `count` sources s0, s1, ... with a scripted gate that
+    answers `answer(request, source_id)`."""
+    from nhr.stages.plausibility import PlausibilityStage
+
+    images = ImageStore(tmp_path)
+    generate = [
+        {
+            "source_id": f"s{i}",
+            "prompt_id": "p",
+            "image": images.put(f"source {i}".encode()),
+            "status": "ok",
+        }
+        for i in range(count)
+    ]
+    by_image = {images.get(g["image"]): g["source_id"] for g in generate}
+    judge = ScriptedJudge(lambda request: answer(request, by_image[request.images[0]]))
+    ctx = StageContext(cfg, images, backends=lambda role: judge)
+    design = [{"prompt_id": "p", "prompt": "A cup on a table"}]
+    rows = PlausibilityStage().run(ctx, {"design": design, "generate": generate})
+    return {row["source_id"]: row for row in rows}, judge, ctx
+
+
+def test_one_gate_sample_is_the_greedy_request_and_the_rows_of_before(tmp_path):
+    rows, judge, _ = gate(config(), lambda request, source: "Yes", tmp_path)
+    assert [(r.temperature, r.seed) for r in judge.requests] == [(0.0, None)] * 3
+    assert all(row["status"] == "ok" and "answers" not in row for row in rows.values())
+
+
+@pytest.mark.parametrize("reject, passed", [("any_no", {"s0"}), ("majority_no", {"s0", "s1"})])
+def test_k_gate_samples_are_seeded_and_a_no_fails_the_source(tmp_path, reject, passed):
+    noes = {"s0": set(), "s1": {1}, "s2": {0, 2}}  # s0: yes yes yes; s1: one no; s2: two
+    cfg = config(plausibility={"samples": 3, "reject": reject, "sample_temperature": 0.7})
+    rows, judge, ctx = gate(
+        cfg, lambda request, source: "No" if request.seed in noes[source] else "Yes", tmp_path
+    )
+    assert [(r.temperature, r.seed) for r in judge.requests] == [(0.7, k) for k in (0, 1, 2)] * 3
+    assert {s for s, row in rows.items() if row["status"] == "ok"} == passed
+    assert rows["s1"]["answers"] == ["Yes", "No", "Yes"]
+    no = rows["s2"]
+    assert (no["status"], no["reason"], no["answer"]) == ("dropped", "implausible", "No")
+    assert ctx.stats.rows_out == len(passed)
+
+
+def test_a_failed_gate_sample_fails_the_source_and_bad_settings_are_errors(tmp_path):
+    from nhr.pipeline import config_changes
+
+    cfg = config(plausibility={"samples": 2})
+    rows, _, ctx = gate(
+        cfg, lambda request, source: "maybe" if request.seed == 1 else "Yes", tmp_path, count=1
+    )
+    assert (rows["s0"]["status"], rows["s0"]["reason"]) == ("failed", "unparseable")
+    assert ctx.stats.rows_out == 0
+    for bad, message in [
+        ({"samples": 0}, "plausibility.samples"),
+        ({"reject": "all_no"}, "plausibility.reject"),
+        ({"sample_temperature": 0}, "plausibility.sample_temperature"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            config(plausibility=bad)
+    changes = config_changes(config().to_dict(), cfg.to_dict())
+    assert [c[:2] for c in changes] == [("plausibility", "plausibility.samples")]
+
+
+def test_the_simulated_gate_looks_again_partly_afresh():
+    """A sampled look keeps most of the greedy answer's opinion (gate_sample_share is drawn
+    afresh), and two gate models share gate_shared of their misses; with neither, the greedy
+    answer is one draw per request and defect, as before these settings existed."""
+    from nhr.backends.sim import SimBackendConfig
+    from nhr.backends.sim.vision import _notices
+    from nhr.backends.sim.world import uniform
+
+    def rate(config, sample=None, other=None, keys=range(4000)):
+        looks = []
+        for k in keys:
+            key, image = f"request {k}".encode(), f"image {k}".encode()
+            seen = _notices(config, key, sample and sample + key, image, 0, "garbled_object")
+            if other is not None:
+                seen = (seen, _notices(other, key, None, image, 0, "garbled_object"))
+            looks.append(seen)
+        return looks
+
+    plain = SimBackendConfig(model="gate-a")
+    greedy = rate(plain)
+    assert greedy == [
+        uniform("gate", "gate-a", f"request {k}".encode(), 0, "garbled_object") < 0.8
+        for k in range(4000)
+    ]
+    sampled = [rate(plain, sample=f"seed {s}".encode()) for s in range(3)]
+    missed = [k for k, seen in enumerate(greedy) if not seen]
+    caught = sum(any(look[k] for look in sampled) for k in missed) / len(missed)
+    assert 0.2 < caught < 0.8  # looking again finds some of the misses, not all
+    assert 0.75 < sum(sampled[0]) / 4000 < 0.85  # each look alone is as good as the greedy one
+    frozen = SimBackendConfig(model="gate-a", gate_sample_share=0.0)
+    assert rate(frozen, sample=b"seed 0") == greedy
+
+    def both_missed(shared):
+        first = SimBackendConfig(model="gate-a", gate_shared=shared)
+        second = SimBackendConfig(model="gate-b", gate_shared=shared)
+        pairs = rate(first, other=second)
+        return sum(not a and not b for a, b in pairs) / len(pairs)
+
+    assert both_missed(0.0) < 0.06 < both_missed(0.6)  # independent: 0.2 x 0.2 = 0.04

@@ -20,8 +20,10 @@ linearly onto the raters' 1-5 (an unbounded one has no MAE: only ranks compare).
 Per-category thresholds: for each category, the lowest threshold (one value for both scales,
 on a grid of the judge's scale) whose precision on the labelled items reaches the target, with
 at least `min_kept` items kept; written as a `validate.thresholds` config snippet. A category
-that reaches the target at no threshold keeps the global pair (never loosened), or with
-`exclude_unreachable` is written `{exclude: true}` (validate drops it: `category_excluded`).
+that reaches the target at no threshold is never loosened but may be tightened: it gets the
+threshold where its precision is surely best (the highest Wilson lower bound), not below the
+global pair; or with `exclude_unreachable` it is written `{exclude: true}` (validate drops it:
+`category_excluded`).
 With `confidence`, precision is read through its Wilson interval (chosen where the lower bound
 reaches the target, excluded only where the upper bound never does).
 """
@@ -330,10 +332,12 @@ def category_thresholds(
 ) -> dict[str, dict[str, Any]]:
     """Per category: the lowest threshold (both scales) whose precision reaches `target` with
     at least `min_kept` items kept (`reached: true`; it may be below the global pair: the
-    category is that reliable). A category that never reaches it is never loosened: it gets
-    the threshold of its best precision, but not below `floor` (the global pair), and
-    `reached: false`; with `exclude_unreachable` it is excluded instead (`exclude: true`: the
-    validate stage drops its candidates). Too few items: no entry (the global pair stays).
+    category is that reliable). A category that never reaches it is never loosened but may be
+    tightened: it gets the threshold where its precision is surely best, the highest lower
+    bound of the Wilson interval (95 %, or `confidence`), so a peak on a few items does not
+    decide, but not below `floor` (the global pair), and `reached: false`; with
+    `exclude_unreachable` it is excluded instead (`exclude: true`: the validate stage drops
+    its candidates). Too few items: no entry (the global pair stays).
 
     `confidence` (e.g. 0.95): precision is judged by its Wilson interval instead of the point
     estimate, so noise in a small category does not decide: a threshold is chosen only where
@@ -342,15 +346,22 @@ def category_thresholds(
     from statistics import NormalDist
 
     z = NormalDist().inv_cdf(0.5 + confidence / 2) if confidence else 0.0
+    z_best = z or 1.96  # an unreachable category's best threshold: by its lower bound
     out: dict[str, dict[str, Any]] = {}
     labels = np.array(names)
     grid = scale.grid(seen)
     for name in sorted(set(names)):
         inside = labels == name
+        # below the lowest labelled reading every threshold keeps the same items: the labels
+        # say nothing about what a lower one would let in (e.g. an audit of released items)
+        lowest = float(seen[inside].min(axis=1).min())
+        below = grid[grid <= lowest + EPSILON]
+        start = below.max() if below.size else -math.inf  # the highest keeping them all
         best: tuple[float, float] | None = None  # (precision, threshold)
+        surest: tuple[float, float] | None = None  # (Wilson lower bound, threshold)
         chosen = None
         possible = False  # the target is within reach at some threshold
-        for threshold in grid:
+        for threshold in grid[grid >= start]:
             kept = (seen[inside] >= threshold - EPSILON).all(axis=1)
             count = int(kept.sum())
             if count < min_kept:
@@ -363,14 +374,18 @@ def category_thresholds(
             possible = possible or high >= target
             if best is None or precision > best[0]:
                 best = (precision, float(threshold))
+            bound = wilson(hits, count, z_best)[0]
+            if surest is None or bound > surest[0] + 1e-12:
+                surest = (bound, float(threshold))
         if best is None:
             continue
         exclude = chosen is None and exclude_unreachable and not possible
         if chosen is not None:
             pair = (chosen, chosen)
         else:
-            low_pair = floor or (best[1], best[1])
-            pair = (max(best[1], low_pair[0]), max(best[1], low_pair[1]))
+            tight = surest[1] if surest else best[1]
+            low_pair = floor or (tight, tight)
+            pair = (max(tight, low_pair[0]), max(tight, low_pair[1]))
         kept = (seen[inside] >= np.array(pair) - EPSILON).all(axis=1)
         hits = int((kept & positive[inside]).sum())
         positives = int(positive[inside].sum())

@@ -372,6 +372,29 @@ class SourcesSection(_Section):
 
 class PlausibilitySection(_Section):
     enabled: bool = Field(True, json_schema_extra=affects("plausibility"))
+    # A quality lever (README "Quality levers"): look at each source more than once, so fewer
+    # defective sources reach the (expensive) editor.
+    samples: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="K: the gate is asked K times per source, sampled (temperature "
+        "sample_temperature, seed = sample index 0..K-1); 1: one greedy request (temperature "
+        "0), as before",
+        json_schema_extra=affects("plausibility"),
+    )
+    reject: Literal["any_no", "majority_no"] = Field(
+        "any_no",
+        description="with samples > 1, when a source fails: any_no (one clear no is enough: "
+        "a defect seen once is a defect) or majority_no (more than half say no)",
+        json_schema_extra=affects("plausibility"),
+    )
+    sample_temperature: float = Field(
+        1.0,
+        gt=0,
+        description="temperature of each sampled request (samples > 1)",
+        json_schema_extra=affects("plausibility"),
+    )
     batch_size: int = _batch_size(8)
 
 
@@ -606,6 +629,14 @@ class ValidateSection(_Section):
         "same samples); its scores are kept as second_adherence / second_aesthetics",
         json_schema_extra=affects("validate"),
     )
+    second_judge_rule: Literal["both_pass", "mean"] = Field(
+        "both_pass",
+        description="with second_judge, how the two judges decide: both_pass (the second judge "
+        "is asked about the candidates the validator passes, and must pass them too) or mean "
+        "(both judges score every candidate; the mean of their scores must pass, and is what "
+        "adherence / aesthetics hold and best-of ranks by)",
+        json_schema_extra=affects("validate"),
+    )
     batch_size: int = _batch_size(8)
 
     @model_validator(mode="after")
@@ -640,6 +671,15 @@ class ValidateSection(_Section):
             raise ValueError(
                 f"thresholds for unknown operation(s) {', '.join(unknown)}; use operation keys "
                 "such as remove_object"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _rule_needs_second_judge(self) -> ValidateSection:
+        if self.second_judge_rule != "both_pass" and not self.second_judge:
+            raise ValueError(
+                f"validate.second_judge_rule: {self.second_judge_rule} needs validate."
+                "second_judge: true (and models.second_validator)"
             )
         return self
 

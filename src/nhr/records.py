@@ -74,6 +74,8 @@ GATE = pa.schema(
         pa.field("answer", pa.string()),
         *_STATUS,
         pa.field("model", pa.string()),
+        # plausibility.samples > 1: the K answers (`answer` is the one that decided); else null
+        pa.field("answers", pa.list_(pa.string())),
     ]
 )
 

@@ -121,6 +121,59 @@ def test_judge_quality_differs_by_operation():
     assert mae("style_transfer") > 1.8 * mae("remove_object")
 
 
+def test_leniency_and_blind_spots_differ_by_operation():
+    item = truth({"partial": 1.0})  # true adherence 4.0
+    judge = PLAIN.model_copy(
+        update={
+            "blind_spots": {"partial": 0.2},
+            "category_blind_spots": {"remove_object": 2.5, "change_color": 0.0},
+        }
+    )
+
+    def missed(operations: list[str]) -> float:
+        hidden = [unseen_flaws(judge, item, "j", p, None, b"", operations) for p in pairs(2000)]
+        return float(np.mean([bool(h) for h in hidden]))
+
+    assert 0.17 <= missed(["add_object"]) <= 0.23  # an operation not named: the base chance
+    assert 0.46 <= missed(["remove_object"]) <= 0.54
+    assert missed(["change_color"]) == 0.0
+    # a composite is judged by the mean over its operations: (2.5 + 1) / 2 x 0.2
+    assert 0.31 <= missed(["remove_object", "add_object"]) <= 0.39
+    # leniency moves the readings of its operation only, on both scales
+    lenient = PLAIN.model_copy(
+        update={"category_bias": {"style_transfer": 0.4, "add_object": -0.2}}
+    )
+    assert read_scores(lenient, item, ["style_transfer"], "j", b"p") == pytest.approx((4.4, 5.0))
+    assert read_scores(lenient, item, ["add_object"], "j", b"p") == pytest.approx((3.8, 4.8))
+    assert read_scores(lenient, item, ["change_color"], "j", b"p") == pytest.approx((4.0, 5.0))
+    assert read_scores(lenient, item, ["style_transfer", "add_object"], "j", b"p")[0] == 4.1
+
+
+def test_per_operation_settings_are_validated_and_settable_per_model():
+    for bad in (
+        {"category_bias": {"paint_it": 0.2}},  # not an operation
+        {"category_blind_spots": {"remove_object": -1.0}},
+        {"category_noise": {"remove_object": -0.5}},
+        {"category_bias": {"remove_object": 9.0}},
+    ):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            JudgeProfile(**bad)
+    with pytest.raises(ValidationError, match="mapping"):
+        SimBackendConfig(judge="tuned-gemini-2.0-flash", judge_params={"category_bias": 0.2})
+    with pytest.raises(ValidationError, match="must be a number"):
+        SimBackendConfig(judge="tuned-gemini-2.0-flash", judge_params={"halo": {"x": 1.0}})
+    base = judges.PROFILES["tuned-gemini-2.0-flash"]
+    config = SimBackendConfig(
+        judge="tuned-gemini-2.0-flash",
+        judge_params={"category_bias": {"move_object": 0.3}, "halo": 0.5},
+    )
+    profile = config.judge_profile()
+    assert profile.category_bias["move_object"] == 0.3 and profile.halo == 0.5
+    # the entries not named stay the profile's own
+    assert profile.category_bias["style_transfer"] == base.category_bias["style_transfer"]
+    assert profile.category_noise == base.category_noise
+
+
 def test_two_judges_share_failures_within_a_true_score_group():
     item = truth({"partial": 1.2}, {"artefact": 1.0})
 

@@ -2,15 +2,23 @@
 
 Failed sources get no edit jobs. An answer that is neither yes nor no is counted apart
 (`unparseable`) from a clear no, since it says something about the gate model, not the image.
+
+A quality lever (README "Quality levers"): `plausibility.samples: K` asks the gate K times per
+source, sampled (temperature `plausibility.sample_temperature`, seed = sample index), and a
+source fails on any clear no (`reject: any_no`) or on a majority of them (`majority_no`); the
+K answers are kept in `answers`. A defect inherited from the source is shared by every edit of
+it and judges tend to miss it together, so catching it here is cheaper than after M edits.
+With the default (K = 1) the requests and rows are exactly those of one greedy request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from string import Template
 from typing import Any
 
 from nhr.backends.base import VisionRequest
-from nhr.calls import Failure, call_model
+from nhr.calls import Failure, LazyRequests, call_model
 from nhr.parsing import parse_yes_no
 from nhr.records import DROPPED, FAILED, OK
 from nhr.stages.base import StageContext, ok_rows, template
@@ -39,19 +47,27 @@ class PlausibilityStage:
                 }
                 for s in sources
             ]
+        settings = ctx.config.plausibility
+        samples = settings.samples
         text = Template(template("gate"))
-        requests = [
-            VisionRequest(
-                images=(ctx.images.get(source["image"]),),
-                prompt=text.substitute(prompt=prompts[source["prompt_id"]]),
+
+        def build(index: int) -> VisionRequest:
+            source, sample = divmod(index, samples)
+            request = VisionRequest(
+                images=(ctx.images.get(sources[source]["image"]),),
+                prompt=text.substitute(prompt=prompts[sources[source]["prompt_id"]]),
                 max_tokens=8,
             )
-            for source in sources
-        ]
+            if samples == 1:
+                return request  # the greedy request, as without the lever
+            return dataclasses.replace(
+                request, temperature=settings.sample_temperature, seed=sample
+            )
+
         answers = call_model(
             ctx.backend("gate").ask,
-            requests,
-            batch_size=ctx.config.plausibility.batch_size,
+            LazyRequests(len(sources) * samples, build),
+            batch_size=settings.batch_size,
             retry=ctx.config.retry,
             stats=ctx.stats,
             parse=lambda answer: (answer, parse_yes_no(answer)),
@@ -59,7 +75,8 @@ class PlausibilityStage:
         )
         model = ctx.model_info("gate")
         rows = []
-        for source, result in zip(sources, answers):
+        for number, source in enumerate(sources):
+            looks = answers[number * samples : (number + 1) * samples]
             row = {
                 "source_id": source["source_id"],
                 "prompt_id": source["prompt_id"],
@@ -68,11 +85,16 @@ class PlausibilityStage:
                 "reason": None,
                 "model": model,
             }
-            if isinstance(result, Failure):
+            if samples > 1:
+                row["answers"] = None
+            result = next((look for look in looks if isinstance(look, Failure)), None)
+            if result is not None:  # a source is judged on all K answers or not at all
                 row.update(status=FAILED, reason=result.reason)
                 ctx.stats.fail(result.reason)
             else:
-                row["answer"], passed = result
+                row["answer"], passed = decide(looks, settings.reject)
+                if samples > 1:
+                    row["answers"] = [answer for answer, _ in looks]
                 if passed:
                     ctx.stats.rows_out += 1
                 else:
@@ -80,3 +102,14 @@ class PlausibilityStage:
                     ctx.stats.drop("implausible")
             rows.append(row)
         return rows
+
+
+def decide(looks: list[tuple[str, bool]], reject: str) -> tuple[str, bool]:
+    """(the answer to record, passed) from K (answer, yes) looks: with any_no the first clear
+    no fails the source, with majority_no more than half of them must say no; the recorded
+    answer is the first that agrees with the decision."""
+    noes = [answer for answer, yes in looks if not yes]
+    failed = bool(noes) if reject == "any_no" else 2 * len(noes) > len(looks)
+    if failed:
+        return noes[0], False
+    return next(answer for answer, yes in looks if yes), True

@@ -15,7 +15,9 @@ per candidate, sampled (temperature `validate.sample_temperature`, seed = sample
 keeps the mean or the min of the K readings (`validate.aggregate`) as the row's adherence and
 aesthetics, the readings themselves in `adherence_samples` / `aesthetics_samples`;
 `validate.second_judge` asks `models.second_validator` the same way about every candidate the
-validator passes, and the candidate must pass the same thresholds with it too. With the
+validator passes, and the candidate must pass the same thresholds with it too; with
+`validate.second_judge_rule: mean` it scores every candidate instead, and the mean of the two
+judges' scores must pass (`_mean_of_judges`). With the
 defaults (K = 1, no second judge) the requests and rows are exactly those of one greedy judge.
 """
 
@@ -203,6 +205,7 @@ class ValidateStage:
         ctx.stats.rows_in = len(candidates)
         results = sampled_scores(ctx, "validator", candidates, on_done=ctx.progress)
         model = ctx.model_info("validator")
+        mean_rule = settings.second_judge and settings.second_judge_rule == "mean"
         rows = []
         for candidate, result in zip(candidates, results):
             row = {
@@ -219,19 +222,61 @@ class ValidateStage:
                 row.update(status=FAILED, reason=result.reason)
                 ctx.stats.fail(result.reason)
             else:
-                scores = record_scores(row, result, settings)
-                if settings.excluded(candidate.get("operation")):
-                    # scored all the same: the scores stay for the next calibration
-                    row.update(status=DROPPED, reason="category_excluded")
-                    ctx.stats.drop("category_excluded")
-                elif not passes(ctx, *scores, candidate.get("operation")):
-                    row.update(status=DROPPED, reason="below_threshold")
-                    ctx.stats.drop("below_threshold")
+                record_scores(row, result, settings)
+                if not mean_rule:  # else decided on the mean of both judges (_mean_of_judges)
+                    self._decide(ctx, row, candidate.get("operation"))
             rows.append(row)
-        if settings.second_judge:
+        if mean_rule:
+            self._mean_of_judges(ctx, candidates, rows)
+        elif settings.second_judge:
             self._second_judge(ctx, candidates, rows)
         ctx.stats.rows_out += sum(row["status"] == OK for row in rows)
         return rows
+
+    @staticmethod
+    def _decide(ctx: StageContext, row: dict[str, Any], operation: str | None) -> None:
+        """The keep-rule on the row's adherence and aesthetics."""
+        if ctx.config.validate_.excluded(operation):
+            # scored all the same: the scores stay for the next calibration
+            row.update(status=DROPPED, reason="category_excluded")
+            ctx.stats.drop("category_excluded")
+        elif not passes(ctx, row["adherence"], row["aesthetics"], operation):
+            row.update(status=DROPPED, reason="below_threshold")
+            ctx.stats.drop("below_threshold")
+
+    @staticmethod
+    def _mean_of_judges(
+        ctx: StageContext, candidates: list[dict[str, Any]], rows: list[dict[str, Any]]
+    ) -> None:
+        """`second_judge_rule: mean`: the second judge scores every candidate the validator
+        scored, and the mean of the two judges' scores becomes the row's adherence and
+        aesthetics, to which the keep-rule applies (and by which best-of ranks). Two judges'
+        own errors are independent, so their mean halves that part of the error; the part all
+        judges share stays. The validator's own readings stay in adherence_samples /
+        aesthetics_samples (one each with samples: 1)."""
+        settings = ctx.config.validate_
+        model = ctx.model_info("second_validator")
+        for row in rows:
+            row.update(second_adherence=None, second_aesthetics=None, second_model=model)
+            if settings.samples > 1:
+                row.update(second_adherence_samples=None, second_aesthetics_samples=None)
+        scored = [index for index, row in enumerate(rows) if row["status"] == OK]
+        results = sampled_scores(ctx, "second_validator", [candidates[i] for i in scored])
+        for index, result in zip(scored, results):
+            row = rows[index]
+            if isinstance(result, Failure):
+                reason = f"second_judge_{result.reason}"
+                row.update(status=FAILED, reason=reason)
+                ctx.stats.fail(reason)
+                continue
+            second = record_scores(row, result, settings, prefix="second_")
+            first = (row["adherence"], row["aesthetics"])
+            if settings.samples == 1:
+                row["adherence_samples"], row["aesthetics_samples"] = [first[0]], [first[1]]
+            row["adherence"], row["aesthetics"] = (
+                round((mine + other) / 2, 6) for mine, other in zip(first, second)
+            )
+            ValidateStage._decide(ctx, row, candidates[index].get("operation"))
 
     @staticmethod
     def _second_judge(

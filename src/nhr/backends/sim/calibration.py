@@ -31,8 +31,8 @@ from nhr.backends.sim.world import Scene, digest
 POSITIVE_ABOVE = 4.0  # the paper's positive label: both human scores > 4.0
 THRESHOLD = 4.7  # the paper's operating point
 
-# The paper's figures for each judge (arXiv 2507.14119: Table 1 / Table B.1 and section 4;
-# the project's notes give only adherence for the untuned judges), and how close the
+# The paper's figures for each judge (arXiv 2507.14119: Table 1 and Table B.1;
+# the untuned judges are held to their adherence figures only so far), and how close the
 # simulated profile must come on the calibration population (docs/simulator.md).
 PAPER: dict[str, dict[str, float]] = {
     "tuned-gemini-2.0-flash": {

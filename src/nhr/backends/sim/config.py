@@ -267,6 +267,25 @@ class SimBackendConfig(ModelScaling):
         description="chance the vision model notices a source defect",
         json_schema_extra=affects_role(),
     )
+    gate_shared: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the gate's error (whether it notices a defect) common to every "
+        "gate model on the same image: a defect one model misses is subtle for the others too; "
+        "0: each model's draws are its own (benchmarks/quality_levers.py uses 0.4, the judge "
+        "profiles' `shared`)",
+        json_schema_extra=affects_role(),
+    )
+    gate_sample_share: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="share of the gate model's own error drawn afresh per sampled request "
+        "(plausibility.samples > 1); the rest is its stable opinion of the image, so K samples "
+        "catch some of the defects the greedy answer misses, not all",
+        json_schema_extra=affects_role(),
+    )
     judge: str | None = Field(
         None,
         description="a named judge profile (judges.PROFILES: tuned-gemini-2.0-flash, "
@@ -280,10 +299,12 @@ class SimBackendConfig(ModelScaling):
         "replaces the profile's entries it names (needs judge)",
         json_schema_extra=affects_role(),
     )
-    judge_params: dict[str, float] | None = Field(
+    judge_params: dict[str, float | dict[str, float]] | None = Field(
         None,
         description="replaces the named numeric settings of the judge profile (needs judge), "
-        "e.g. {pairwise_noise: 1.0, position_bias: 0.2}; see judges.JudgeProfile",
+        "e.g. {pairwise_noise: 1.0, position_bias: 0.2}; a per-operation setting "
+        "(category_noise, category_bias, category_blind_spots) takes a mapping operation -> "
+        "number that replaces the profile's entries it names; see judges.JudgeProfile",
         json_schema_extra=affects_role(),
     )
     # sections: their own fields say what they change
@@ -316,16 +337,21 @@ class SimBackendConfig(ModelScaling):
 
     @field_validator("judge_params")
     @classmethod
-    def _known_judge_params(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+    def _known_judge_params(cls, value: dict | None) -> dict | None:
         if value is not None:
-            from nhr.backends.sim.judges import JudgeProfile
+            from nhr.backends.sim.judges import PER_OPERATION, JudgeProfile
 
             numeric = [n for n, f in JudgeProfile.model_fields.items() if f.annotation is float]
-            unknown = [name for name in value if name not in numeric]
+            unknown = [name for name in value if name not in numeric + list(PER_OPERATION)]
             if unknown:
                 raise ValueError(
-                    f"unknown judge setting(s) {unknown}; numeric settings: {', '.join(numeric)}"
+                    f"unknown judge setting(s) {unknown}; numeric settings: {', '.join(numeric)}; "
+                    f"per-operation settings: {', '.join(PER_OPERATION)}"
                 )
+            for name, setting in value.items():
+                if (name in PER_OPERATION) != isinstance(setting, dict):
+                    kind = "a mapping operation -> number" if name in PER_OPERATION else "a number"
+                    raise ValueError(f"judge setting {name} must be {kind}")
             JudgeProfile(**value)  # a ValueError naming a value out of its range
         return value
 
@@ -339,6 +365,9 @@ class SimBackendConfig(ModelScaling):
         if not self.blind_spots and not self.judge_params:
             return base
         update: dict = dict(self.judge_params or {})
+        for name, setting in update.items():
+            if isinstance(setting, dict):  # per operation: over the profile's own entries
+                update[name] = getattr(base, name) | setting
         if self.blind_spots:
             update["blind_spots"] = base.blind_spots | self.blind_spots
         return base.model_copy(update=update)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from statistics import NormalDist
 
 from nhr.backends.base import BackendError, PermanentBackendError, VisionRequest
 from nhr.backends.sim import judges, photos
@@ -90,9 +91,7 @@ def answer(request: VisionRequest, config: SimBackendConfig) -> str | BackendErr
         return photos.describe(request.images[0], key, config)
     if task == "gate":
         match = _PROMPT.search(text)
-        return _yes_no(
-            _gate(request.images[0], match.group(1) if match else "", key, config), key, config
-        )
+        return _yes_no(_gate(request, match.group(1) if match else "", config), key, config)
     profile = config.judge_profile()
     sample = key if request.temperature > 0 else None
     if task in BENCH_TASKS:
@@ -330,8 +329,9 @@ def _scene(png: bytes) -> Scene | None:
     return Scene.from_dict(meta["scene"])
 
 
-def _gate(png: bytes, prompt: str, key: bytes, config: SimBackendConfig) -> bool:
+def _gate(request: VisionRequest, prompt: str, config: SimBackendConfig) -> bool:
     """True (plausible and on-prompt) unless the judge notices one of the image's defects."""
+    png = request.images[0]
     scene = _scene(png)
     if scene is None:
         return False
@@ -344,10 +344,50 @@ def _gate(png: bytes, prompt: str, key: bytes, config: SimBackendConfig) -> bool
             spec.background and spec.background != scene.background
         ):
             defects.append("off_prompt")
+    # the greedy request's key: a sampled request keeps most of the greedy answer's opinion
+    greedy = digest("vision", request.system, request.prompt, None, *request.images)
+    sample = request_key(request) if request.temperature > 0 else None
+    image = hashlib.sha256(png).digest()
     return not any(
-        uniform("gate", config.model, key, index, defect) < config.defect_detection
+        _notices(config, greedy, sample, image, index, defect)
         for index, defect in enumerate(defects)
     )
+
+
+def _notices(
+    config: SimBackendConfig,
+    key: bytes,
+    sample: bytes | None,
+    image: bytes,
+    index: int,
+    defect: str,
+) -> bool:
+    """Whether the gate notices one defect: it does with chance `defect_detection`, from an
+    error made of parts as a judge's (judges.py): a part common to every gate model on this
+    image (`gate_shared`: a defect one model misses is subtle for the others too), the model's
+    own stable opinion of the request and, when sampled, `gate_sample_share` of that own part
+    drawn afresh per request. So K samples or a second gate model catch some of the defects a
+    greedy answer misses, not all. With no shared part and no sampling it is one draw per
+    request and defect, as before these settings existed."""
+    own = uniform("gate", config.model, key, index, defect)
+    if sample is None and config.gate_shared == 0:
+        return own < config.defect_detection
+    error = _normal(own)
+    if sample is not None:
+        fresh = _normal(uniform("gate-sample", config.model, sample, index, defect))
+        share = config.gate_sample_share
+        error = math.sqrt(1.0 - share) * error + math.sqrt(share) * fresh
+    common = _normal(uniform("gate-shared", image, defect))
+    error = math.sqrt(config.gate_shared) * common + math.sqrt(1.0 - config.gate_shared) * error
+    return _STANDARD.cdf(error) < config.defect_detection
+
+
+_STANDARD = NormalDist()
+
+
+def _normal(u: float) -> float:
+    """A U[0, 1) draw as a standard normal one."""
+    return _STANDARD.inv_cdf(min(max(u, 1e-12), 1.0 - 1e-12))
 
 
 def _profile_yes_no(
