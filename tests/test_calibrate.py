@@ -311,7 +311,10 @@ def test_cli_calibrates_a_rated_run_and_writes_the_report(mined, tmp_path, capsy
         parse_config({"models": "sim", **yaml.safe_load(snippet.read_text())})
 
 
-def test_cli_rescores_outside_triplets_by_path(tmp_path, capsys):
+@pytest.mark.parametrize("relative", [False, True])
+def test_cli_rescores_outside_triplets_by_path(tmp_path, capsys, relative):
+    """Absolute paths, and paths relative to the labels file's folder (docs/labels.md), as
+    export-tuning reads them; the command runs from elsewhere (the repository root)."""
     from PIL import Image
 
     rows = []
@@ -320,7 +323,7 @@ def test_cli_rescores_outside_triplets_by_path(tmp_path, capsys):
         for kind in ("source", "edited"):
             path = tmp_path / f"{kind}{index}.png"
             Image.new("RGB", (16, 16), (index * 20, 40, 90)).save(path)
-            paths.append(str(path))
+            paths.append(path.name if relative else str(path))
         for rater in ("ann", "bob"):
             rows.append(
                 {

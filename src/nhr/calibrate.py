@@ -562,18 +562,21 @@ def rescored_judge(
     role: str,
     rows: list[dict[str, Any]],
     store: Any | None = None,
+    labels_location: str | Path = ".",
 ) -> Judge:
     """The labelled items scored again by `role`'s model of a judge config, through the
     validate stage's requests and parser. Run items (candidate ids) take their images from
-    the run (`store`); outside items read `source_image` / `edited_image` (paths or URLs)."""
+    the run (`store`); outside items read `source_image` / `edited_image` (URLs, or paths
+    relative to the labels' folder: `labels_location`, the labels file or folder)."""
     import tempfile
 
     from nhr.calls import Failure
-    from nhr.labels import items_of
+    from nhr.labels import items_of, outside_image_reader
     from nhr.stages.validate import judge_scores
     from nhr.store import ImageStore
 
     config = load_judge_config(config_path)
+    read_outside = outside_image_reader(labels_location)
     first = items_of(rows)
     candidates = {}
     if store is not None:
@@ -591,7 +594,7 @@ def rescored_judge(
             else:
                 try:
                     pair = [
-                        outside.put(_read_bytes(row[k])) for k in ("source_image", "edited_image")
+                        outside.put(read_outside(row[k])) for k in ("source_image", "edited_image")
                     ]
                 except (OSError, TypeError):
                     failed += 1
@@ -633,18 +636,6 @@ class _TwoStores:
             return self.first.get(digest)
         except Exception:  # noqa: BLE001 - not in the run: an outside image
             return self.second.get(digest)
-
-
-def _read_bytes(location: str) -> bytes:
-    """An outside image by path or URL."""
-    from nhr.storage import is_url
-
-    if is_url(location):
-        import fsspec
-
-        with fsspec.open(location, "rb") as handle:
-            return handle.read()
-    return Path(location).read_bytes()
 
 
 # --- the report --------------------------------------------------------------------------------

@@ -674,7 +674,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     store = _existing_run(args.run) if args.run else None
     judges, operations = cal.run_judges(store, items) if store is not None else ([], {})
     for config in args.judge:
-        judges.append(cal.rescored_judge(config, args.role, rows, store))
+        judges.append(cal.rescored_judge(config, args.role, rows, store, args.labels))
     if not judges:
         raise _UsageError("no judge scored any labelled item (are the labels from this run?)")
     report = cal.calibrate(

@@ -73,6 +73,29 @@ def item_id(source_image: str, edited_image: str, instruction: str) -> str:
 # --- reading ---------------------------------------------------------------------------------
 
 
+def outside_image_reader(location: str | Path) -> Callable[[str], bytes]:
+    """Reads the image of an outside item (`source_image` / `edited_image`): a URL, an
+    absolute path, or a path relative to the labels' folder (the labels file's folder, or the
+    folder given), as the labels table's columns are documented (docs/labels.md)."""
+    from nhr.storage import is_url, open_storage
+
+    text = str(location)
+    base = text.rpartition("/")[0] if text.endswith((".parquet", ".csv", ".jsonl")) else text
+
+    def read(name: str) -> bytes:
+        if is_url(name):
+            parent, _, key = name.rpartition("/")
+            return open_storage(parent).read_bytes(key)
+        path = Path(name)
+        if not path.is_absolute() and not is_url(base):
+            path = Path(base or ".") / path
+        elif not path.is_absolute():
+            return open_storage(base).read_bytes(name)
+        return path.read_bytes()
+
+    return read
+
+
 def read_labels(location: str | Path) -> list[dict[str, Any]]:
     """Validated rows of a labels file, a folder of labels files, or a run directory."""
     from nhr.storage import is_url, open_storage

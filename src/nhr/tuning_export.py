@@ -130,35 +130,13 @@ def _run_of(location: str | Path, run: str | Path | None):
     return None
 
 
-def _image_reader(location: str | Path):
-    """Reads an outside image: a URL, an absolute path, or a path relative to the labels'
-    folder (the labels file's folder, or the folder given)."""
-    from nhr.storage import is_url, open_storage
-
-    text = str(location)
-    base = text.rpartition("/")[0] if text.endswith((".parquet", ".csv", ".jsonl")) else text
-
-    def read(name: str) -> bytes:
-        if is_url(name):
-            parent, _, key = name.rpartition("/")
-            return open_storage(parent).read_bytes(key)
-        path = Path(name)
-        if not path.is_absolute() and not is_url(base):
-            path = Path(base or ".") / path
-        elif not path.is_absolute():
-            return open_storage(base).read_bytes(name)
-        return path.read_bytes()
-
-    return read
-
-
 def examples(
     location: str | Path, run: str | Path | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One example per rated item: {item, instruction, category, source, edited (bytes),
     source_key (digest of the source bytes), truth (instruction, aesthetics)}; and the
     label rows."""
-    from nhr.labels import ground_truth, items_of, read_labels
+    from nhr.labels import ground_truth, items_of, outside_image_reader, read_labels
 
     rows = read_labels(location)
     truth = ground_truth(rows)
@@ -169,7 +147,7 @@ def examples(
         from nhr.label_sample import candidates
 
         known = {c["item"]: c for c in candidates(store)}
-    read_outside = _image_reader(location)
+    read_outside = outside_image_reader(location)
     found = []
     for item, row in firsts.items():
         if row["source_image"] and row["edited_image"]:
