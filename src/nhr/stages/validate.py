@@ -17,7 +17,7 @@ aesthetics, the readings themselves in `adherence_samples` / `aesthetics_samples
 `validate.second_judge` asks `models.second_validator` the same way about every candidate the
 validator passes, and the candidate must pass the same thresholds with it too; with
 `validate.second_judge_rule: mean` it scores every candidate instead, and the mean of the two
-judges' scores must pass (`_mean_of_judges`). With the
+judges' scores must pass (`_second_judge`). With the
 defaults (K = 1, no second judge) the requests and rows are exactly those of one greedy judge.
 """
 
@@ -223,12 +223,10 @@ class ValidateStage:
                 ctx.stats.fail(result.reason)
             else:
                 record_scores(row, result, settings)
-                if not mean_rule:  # else decided on the mean of both judges (_mean_of_judges)
+                if not mean_rule:  # else decided on the mean of both judges (_second_judge)
                     self._decide(ctx, row, candidate.get("operation"))
             rows.append(row)
-        if mean_rule:
-            self._mean_of_judges(ctx, candidates, rows)
-        elif settings.second_judge:
+        if settings.second_judge:
             self._second_judge(ctx, candidates, rows)
         ctx.stats.rows_out += sum(row["status"] == OK for row in rows)
         return rows
@@ -245,61 +243,44 @@ class ValidateStage:
             ctx.stats.drop("below_threshold")
 
     @staticmethod
-    def _mean_of_judges(
+    def _second_judge(
         ctx: StageContext, candidates: list[dict[str, Any]], rows: list[dict[str, Any]]
     ) -> None:
-        """`second_judge_rule: mean`: the second judge scores every candidate the validator
-        scored, and the mean of the two judges' scores becomes the row's adherence and
-        aesthetics, to which the keep-rule applies (and by which best-of ranks). Two judges'
-        own errors are independent, so their mean halves that part of the error; the part all
-        judges share stays. The validator's own readings stay in adherence_samples /
-        aesthetics_samples (one each with samples: 1)."""
+        """Ask the second judge about every row still OK, then apply `second_judge_rule`.
+
+        `both_pass`: the rows are those the validator passed (the others are dropped whatever
+        it says), and the candidate must pass the same thresholds with the second judge too.
+        `mean`: the rows are every candidate the validator scored (undecided yet), and the
+        mean of the two judges' scores becomes the row's adherence and aesthetics, to which
+        the keep-rule applies (and by which best-of ranks). Two judges' own errors are
+        independent, so their mean halves that part of the error; the part all judges share
+        stays. The validator's own readings stay in adherence_samples / aesthetics_samples
+        (one each with samples: 1)."""
         settings = ctx.config.validate_
         model = ctx.model_info("second_validator")
         for row in rows:
             row.update(second_adherence=None, second_aesthetics=None, second_model=model)
             if settings.samples > 1:
                 row.update(second_adherence_samples=None, second_aesthetics_samples=None)
-        scored = [index for index, row in enumerate(rows) if row["status"] == OK]
-        results = sampled_scores(ctx, "second_validator", [candidates[i] for i in scored])
-        for index, result in zip(scored, results):
+        asked = [index for index, row in enumerate(rows) if row["status"] == OK]
+        results = sampled_scores(ctx, "second_validator", [candidates[i] for i in asked])
+        for index, result in zip(asked, results):
             row = rows[index]
+            operation = candidates[index].get("operation")
             if isinstance(result, Failure):
                 reason = f"second_judge_{result.reason}"
                 row.update(status=FAILED, reason=reason)
                 ctx.stats.fail(reason)
                 continue
             second = record_scores(row, result, settings, prefix="second_")
-            first = (row["adherence"], row["aesthetics"])
-            if settings.samples == 1:
-                row["adherence_samples"], row["aesthetics_samples"] = [first[0]], [first[1]]
-            row["adherence"], row["aesthetics"] = (
-                round((mine + other) / 2, 6) for mine, other in zip(first, second)
-            )
-            ValidateStage._decide(ctx, row, candidates[index].get("operation"))
-
-    @staticmethod
-    def _second_judge(
-        ctx: StageContext, candidates: list[dict[str, Any]], rows: list[dict[str, Any]]
-    ) -> None:
-        """Ask the second judge about every candidate the validator passed (only those: the
-        others are dropped whatever it says); it must pass the same thresholds."""
-        settings = ctx.config.validate_
-        model = ctx.model_info("second_validator")
-        for row in rows:
-            row.update(second_adherence=None, second_aesthetics=None, second_model=model)
-            if settings.samples > 1:
-                row.update(second_adherence_samples=None, second_aesthetics_samples=None)
-        passed = [index for index, row in enumerate(rows) if row["status"] == OK]
-        results = sampled_scores(ctx, "second_validator", [candidates[i] for i in passed])
-        for index, result in zip(passed, results):
-            row = rows[index]
-            if isinstance(result, Failure):
-                reason = f"second_judge_{result.reason}"
-                row.update(status=FAILED, reason=reason)
-                ctx.stats.fail(reason)
-                continue
-            scores = record_scores(row, result, settings, prefix="second_")
-            if not passes(ctx, *scores, candidates[index].get("operation")):
+            if settings.second_judge_rule == "mean":
+                first = (row["adherence"], row["aesthetics"])
+                if settings.samples == 1:
+                    row["adherence_samples"], row["aesthetics_samples"] = [first[0]], [first[1]]
+                row["adherence"], row["aesthetics"] = (
+                    round((mine + other) / 2, 6) for mine, other in zip(first, second)
+                )
+                ValidateStage._decide(ctx, row, operation)
+            elif not passes(ctx, *second, operation):
                 row.update(status=DROPPED, reason="second_judge_below_threshold")
                 ctx.stats.drop("second_judge_below_threshold")
