@@ -12,8 +12,6 @@ import subprocess
 import sys
 import time
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -22,7 +20,7 @@ from helpers import mine_command
 from nhr.cli import main
 from nhr.lock import LEASE_KEY, LeaseLostError, ObjectLease
 from nhr.storage import ObjectStorage, StorageSetupError, open_storage
-from nhr.store import RunStore
+from nhr.store import RunStore, table_from_bytes
 
 pytest.importorskip("s3fs")
 
@@ -48,7 +46,7 @@ def signature_at(location):
     rows = [
         row
         for data in dataset_files(location).values()
-        for row in pq.read_table(pa.BufferReader(data)).to_pylist()
+        for row in table_from_bytes(data).to_pylist()
     ]
     return [
         (r["sample_id"], digest(r["source_image"]["bytes"]), digest(r["edited_image"]["bytes"]))

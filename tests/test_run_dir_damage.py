@@ -297,3 +297,23 @@ def test_files_and_folders_follow_the_umask(tmp_path, small_config):
     for path in [run_dir, *run_dir.rglob("*")]:
         mode = path.stat().st_mode & 0o777
         assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
+
+
+def test_a_table_read_from_bytes_lets_go_of_them_before_returning():
+    """Arrow's dataset reader (`pq.read_table`) can drop its last reference to the bytes on a
+    worker thread after returning; at interpreter exit that aborts the process (exit -6, seen
+    in `nhr verify`). The store's reader must be done with the bytes when it returns."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    table = pa.table({"number": list(range(1000)), "text": ["x" * 50] * 1000})
+    pq.write_table(table, sink, row_group_size=100)
+    data = sink.getvalue()
+    alone = sys.getrefcount(data)
+    for _ in range(200):
+        read = nhr.store.parse_table("x", data)
+        assert sys.getrefcount(data) == alone
+        assert read.equals(table)

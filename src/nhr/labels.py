@@ -136,10 +136,10 @@ def _read_file(storage: Any, key: str) -> list[dict[str, Any]]:
 def _parse(where: Any, key: str, data: bytes) -> tuple[list[dict[str, Any]], int]:
     """Raw rows and the line number of the first one."""
     if key.endswith(".parquet"):
-        import pyarrow.parquet as pq
+        from nhr.store import table_from_bytes
 
         try:
-            table = pq.read_table(pa.BufferReader(data))
+            table = table_from_bytes(data)
         except pa.ArrowException as error:
             raise LabelsError(f"{where}: not a readable Parquet file ({error})") from None
         return table.to_pylist(), 1  # "line" of a Parquet file: the row number

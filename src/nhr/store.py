@@ -386,8 +386,18 @@ def read_table(path: Path) -> pa.Table:
     return parse_table(path, data)
 
 
+def table_from_bytes(data: bytes) -> pa.Table:
+    """A parquet table read from bytes in memory, in the calling thread.
+
+    Not `pq.read_table`: its dataset scanner can drop the last reference to the Python bytes
+    on one of Arrow's worker threads after the call returns; when that happens while the
+    interpreter exits, the thread cannot take the GIL and the process aborts ("terminate called
+    without an active exception", exit -6) after its work is done."""
+    return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+
+
 def parse_table(where: Path | str, data: bytes) -> pa.Table:
     try:
-        return pq.read_table(pa.BufferReader(data))
+        return table_from_bytes(data)
     except pa.ArrowException as error:  # a permission or disk problem is an OSError, kept
         raise RunDirError(where, f"damaged table ({first_line(error)})") from None

@@ -247,7 +247,7 @@ def _check_dataset(
                 total += parquet.metadata.num_rows
                 if expected is None:
                     continue
-                for batch in parquet.iter_batches(batch_size=32):
+                for batch in parquet.iter_batches(batch_size=32, use_threads=False):
                     for row in batch.to_pylist():
                         counts[row["sample_id"]] += 1
                         wrong = _row_problem(row, expected)

@@ -70,7 +70,7 @@ from nhr.calls import FailureTally, FailureWatch
 from nhr.config import NhrConfig
 from nhr.executors.base import BackendPool, DeferredMarkers, Executor, StageAdapter
 from nhr.stages.base import Stage
-from nhr.store import RunStore
+from nhr.store import RunStore, table_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ def _warm_up_tables() -> None:
 
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table({"text": ["a"], "values": [[1.0]]}), sink, compression="zstd")
-    pq.read_table(pa.BufferReader(sink.getvalue())).to_pylist()
+    table_from_bytes(sink.getvalue().to_pybytes()).to_pylist()
 
 
 def _unwrap(error: RayTaskError) -> BaseException:

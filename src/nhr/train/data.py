@@ -134,7 +134,9 @@ def _from_hf_export(storage: Any, location: str | Path) -> TripletData:
         if (name, group) not in cache:
             cache.clear()
             with storage.open_read(f"data/{name}") as opened:
-                cache[name, group] = pq.ParquetFile(opened).read_row_group(group, columns=columns)
+                cache[name, group] = pq.ParquetFile(opened).read_row_group(
+                    group, columns=columns, use_threads=False
+                )
         record = cache[name, group].slice(row, 1).to_pylist()[0]
         return Triplet(
             record["sample_id"],
