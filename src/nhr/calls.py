@@ -26,6 +26,7 @@ it: an executor with several workers keeps one `FailureTally` for all of them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -341,3 +342,28 @@ class LazyRequests(Sequence):
         if not 0 <= index < self._count:
             raise IndexError(index)
         return self._build(index)
+
+
+def sampled(requests: Sequence[Any], samples: int, temperature: float) -> Sequence[Any]:
+    """K = `samples` requests per request, item by item: with K = 1 the requests themselves
+    (greedy), else each sampled at `temperature` with seed = its sample index 0..K-1, so the K
+    requests (and their cache keys) differ and a rerun asks the same K again."""
+    if samples == 1:
+        return requests
+
+    def build(index: int) -> Any:
+        item, sample = divmod(index, samples)
+        return dataclasses.replace(requests[item], temperature=temperature, seed=sample)
+
+    return LazyRequests(len(requests) * samples, build)
+
+
+def grouped_samples(results: list[Any], samples: int) -> list[Any]:
+    """Per item, the list of its K results, or the Failure of its first failed sample (an item
+    is judged on all K answers or not at all)."""
+    grouped = []
+    for start in range(0, len(results), samples):
+        looks = results[start : start + samples]
+        failure = next((look for look in looks if isinstance(look, Failure)), None)
+        grouped.append(failure if failure is not None else list(looks))
+    return grouped

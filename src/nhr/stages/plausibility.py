@@ -13,12 +13,11 @@ With the default (K = 1) the requests and rows are exactly those of one greedy r
 
 from __future__ import annotations
 
-import dataclasses
 from string import Template
 from typing import Any
 
 from nhr.backends.base import VisionRequest
-from nhr.calls import Failure, LazyRequests, call_model
+from nhr.calls import Failure, LazyRequests, call_model, grouped_samples, sampled
 from nhr.parsing import parse_yes_no
 from nhr.records import DROPPED, FAILED, OK
 from nhr.stages.base import StageContext, ok_rows, template
@@ -52,21 +51,16 @@ class PlausibilityStage:
         text = Template(template("gate"))
 
         def build(index: int) -> VisionRequest:
-            source, sample = divmod(index, samples)
-            request = VisionRequest(
-                images=(ctx.images.get(sources[source]["image"]),),
-                prompt=text.substitute(prompt=prompts[sources[source]["prompt_id"]]),
+            return VisionRequest(
+                images=(ctx.images.get(sources[index]["image"]),),
+                prompt=text.substitute(prompt=prompts[sources[index]["prompt_id"]]),
                 max_tokens=8,
             )
-            if samples == 1:
-                return request  # the greedy request, as without the lever
-            return dataclasses.replace(
-                request, temperature=settings.sample_temperature, seed=sample
-            )
 
+        requests = sampled(LazyRequests(len(sources), build), samples, settings.sample_temperature)
         answers = call_model(
             ctx.backend("gate").ask,
-            LazyRequests(len(sources) * samples, build),
+            requests,
             batch_size=settings.batch_size,
             retry=ctx.config.retry,
             stats=ctx.stats,
@@ -75,8 +69,7 @@ class PlausibilityStage:
         )
         model = ctx.model_info("gate")
         rows = []
-        for number, source in enumerate(sources):
-            looks = answers[number * samples : (number + 1) * samples]
+        for source, result in zip(sources, grouped_samples(answers, samples)):
             row = {
                 "source_id": source["source_id"],
                 "prompt_id": source["prompt_id"],
@@ -87,14 +80,13 @@ class PlausibilityStage:
             }
             if samples > 1:
                 row["answers"] = None
-            result = next((look for look in looks if isinstance(look, Failure)), None)
-            if result is not None:  # a source is judged on all K answers or not at all
+            if isinstance(result, Failure):  # a source is judged on all K answers or not at all
                 row.update(status=FAILED, reason=result.reason)
                 ctx.stats.fail(result.reason)
             else:
-                row["answer"], passed = decide(looks, settings.reject)
+                row["answer"], passed = decide(result, settings.reject)
                 if samples > 1:
-                    row["answers"] = [answer for answer, _ in looks]
+                    row["answers"] = [answer for answer, _ in result]
                 if passed:
                     ctx.stats.rows_out += 1
                 else:

@@ -23,13 +23,12 @@ defaults (K = 1, no second judge) the requests and rows are exactly those of one
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from string import Template
 from typing import Any
 
 from nhr.backends.base import VisionRequest
-from nhr.calls import Failure, LazyRequests, call_model
+from nhr.calls import Failure, LazyRequests, call_model, grouped_samples, sampled
 from nhr.parsing import ParseError, extract_json, parse_scores
 from nhr.records import DROPPED, FAILED, OK
 from nhr.stages.base import StageContext, ok_rows, template
@@ -85,22 +84,6 @@ def parse_viescore(text: str, low: float, high: float) -> tuple[float, float]:
     return adherence, aesthetics
 
 
-def sampled_requests(ctx: StageContext, items: list[dict[str, Any]], samples: int) -> LazyRequests:
-    """K = `samples` requests per item, item by item: with K = 1 the greedy request itself,
-    else each sampled at `validate.sample_temperature` with seed = its sample index, so the K
-    requests (and their cache keys) differ and a rerun asks the same K again."""
-    if samples == 1:
-        return score_requests(ctx, items)
-    base = score_requests(ctx, items)
-    temperature = ctx.config.validate_.sample_temperature
-
-    def build(index: int) -> VisionRequest:
-        item, sample = divmod(index, samples)
-        return dataclasses.replace(base[item], temperature=temperature, seed=sample)
-
-    return LazyRequests(len(items) * samples, build)
-
-
 def aggregate(readings: list[tuple[float, float]], how: str) -> tuple[float, float]:
     """One (adherence, aesthetics) from K readings: the mean of each score (rounded to 6
     decimals, so 4.6 and 4.8 average to exactly 4.7), or the min of each (every sample must
@@ -118,22 +101,17 @@ def sampled_scores(
 ) -> list[Any]:
     """Per item, the list of its K (adherence, aesthetics) readings by the model of `role`, or
     the Failure of its first failed sample (a candidate is judged on all K or not at all)."""
-    samples = ctx.config.validate_.samples
+    settings = ctx.config.validate_
     results = call_model(
         ctx.backend(role).ask,
-        sampled_requests(ctx, items, samples),
-        batch_size=ctx.config.validate_.batch_size,
+        sampled(score_requests(ctx, items), settings.samples, settings.sample_temperature),
+        batch_size=settings.batch_size,
         retry=ctx.config.retry,
         stats=ctx.stats,
-        parse=score_parser(ctx.config.validate_.judge),
+        parse=score_parser(settings.judge),
         on_done=on_done,
     )
-    grouped = []
-    for start in range(0, len(results), samples):
-        readings = results[start : start + samples]
-        failure = next((r for r in readings if isinstance(r, Failure)), None)
-        grouped.append(failure if failure is not None else list(readings))
-    return grouped
+    return grouped_samples(results, settings.samples)
 
 
 def validator_scores(

@@ -333,10 +333,27 @@ def profile(name: str) -> JudgeProfile:
 def _mixed(judge: JudgeProfile, shared: float, own: float, fresh: float | None) -> float:
     """One standard normal error: the pair's shared part, the judge's own stable opinion, and,
     when sampled, a part drawn per request."""
+    return mixed_error(judge.shared, judge.sample_share, shared, own, fresh)
+
+
+def mixed_error(
+    shared_share: float, sample_share: float, shared: float, own: float, fresh: float | None
+) -> float:
+    """One standard normal error from standard normal parts: `shared_share` of it common to
+    every model (`shared`), the rest the model's own (`own`), of which `sample_share` is drawn
+    afresh per sampled request (`fresh`; None: not sampled)."""
     if fresh is not None:
-        s = judge.sample_share
-        own = math.sqrt(1.0 - s) * own + math.sqrt(s) * fresh
-    return math.sqrt(judge.shared) * shared + math.sqrt(1.0 - judge.shared) * own
+        own = math.sqrt(1.0 - sample_share) * own + math.sqrt(sample_share) * fresh
+    return math.sqrt(shared_share) * shared + math.sqrt(1.0 - shared_share) * own
+
+
+def standard_normal(u: float) -> float:
+    """A U[0, 1) draw as a standard normal one."""
+    return _NORMAL.inv_cdf(min(max(u, 1e-12), 1.0 - 1e-12))
+
+
+def normal_cdf(x: float) -> float:
+    return _NORMAL.cdf(x)
 
 
 def unseen_flaws(

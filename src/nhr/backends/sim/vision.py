@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from statistics import NormalDist
 
 from nhr.backends.base import BackendError, PermanentBackendError, VisionRequest
 from nhr.backends.sim import judges, photos
@@ -372,22 +371,18 @@ def _notices(
     own = uniform("gate", config.model, key, index, defect)
     if sample is None and config.gate_shared == 0:
         return own < config.defect_detection
-    error = _normal(own)
+    normal = judges.standard_normal
+    fresh = None
     if sample is not None:
-        fresh = _normal(uniform("gate-sample", config.model, sample, index, defect))
-        share = config.gate_sample_share
-        error = math.sqrt(1.0 - share) * error + math.sqrt(share) * fresh
-    common = _normal(uniform("gate-shared", image, defect))
-    error = math.sqrt(config.gate_shared) * common + math.sqrt(1.0 - config.gate_shared) * error
-    return _STANDARD.cdf(error) < config.defect_detection
-
-
-_STANDARD = NormalDist()
-
-
-def _normal(u: float) -> float:
-    """A U[0, 1) draw as a standard normal one."""
-    return _STANDARD.inv_cdf(min(max(u, 1e-12), 1.0 - 1e-12))
+        fresh = normal(uniform("gate-sample", config.model, sample, index, defect))
+    error = judges.mixed_error(
+        config.gate_shared,
+        config.gate_sample_share,
+        normal(uniform("gate-shared", image, defect)),
+        normal(own),
+        fresh,
+    )
+    return judges.normal_cdf(error) < config.defect_detection
 
 
 def _profile_yes_no(
