@@ -86,12 +86,11 @@ def outside_image_reader(location: str | Path) -> Callable[[str], bytes]:
         if is_url(name):
             parent, _, key = name.rpartition("/")
             return open_storage(parent).read_bytes(key)
-        path = Path(name)
-        if not path.is_absolute() and not is_url(base):
-            path = Path(base or ".") / path
-        elif not path.is_absolute():
+        if Path(name).is_absolute():
+            return Path(name).read_bytes()
+        if is_url(base):  # relative to labels in object storage
             return open_storage(base).read_bytes(name)
-        return path.read_bytes()
+        return (Path(base or ".") / name).read_bytes()
 
     return read
 

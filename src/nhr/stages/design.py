@@ -209,12 +209,10 @@ class DesignStage:
             stats=ctx.stats,
             parse=parse_design_answer,
         )
+        asked = ctx.config.design.batch_size
         for index, result in zip(missing, results):
-            asked = ctx.config.design.batch_size
-            if isinstance(result, Failure):
-                ctx.save_checkpoint(f"batch-{index:05d}", {"failure": vars(result), "asked": asked})
-            else:
-                ctx.save_checkpoint(f"batch-{index:05d}", {"items": result, "asked": asked})
+            saved = {"failure": vars(result)} if isinstance(result, Failure) else {"items": result}
+            ctx.save_checkpoint(f"batch-{index:05d}", {**saved, "asked": asked})
             answers[index] = result
         return [answers[index] for index in indices]
 
