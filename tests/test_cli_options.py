@@ -49,6 +49,30 @@ def test_report_target_must_be_positive(target, capsys):
     assert "--target" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["calibrate", "L", "--run", "R", "--target-precision", "1.5"], "--target-precision"),
+        (["calibrate", "L", "--run", "R", "--target-precision", "nan"], "--target-precision"),
+        (["calibrate", "L", "--run", "R", "--confidence", "2"], "--confidence"),
+        (["calibrate", "L", "--run", "R", "--min-kept", "-3"], "--min-kept"),
+        (["calibrate", "L", "--run", "R", "--bootstrap", "0"], "--bootstrap"),
+        (["score", "D", "--judge", "J", "--bootstrap", "0"], "--bootstrap"),
+        (["score", "D", "--judge", "J", "--max-pixels", "0"], "--max-pixels"),
+        (["label", "RUN", "--simulate-raters", "0"], "--simulate-raters"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_before_any_work(argv, message, capsys):
+    """Not a traceback deep in the bootstrap or a report made on an impossible target."""
+    try:
+        code = main(argv)
+    except SystemExit as done:  # argparse's own check
+        code = done.code
+    assert code == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+
+
 @pytest.mark.parametrize("command", ["status", "report"])
 def test_a_reader_that_goes_away_early_is_no_traceback(mined, command):
     """`nhr status RUN | head -1`: the reader closes before nhr writes (here: at once)."""

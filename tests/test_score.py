@@ -242,3 +242,19 @@ def test_a_missing_local_dataset_is_one_clear_error(tmp_path, capsys):
     assert main(["score", missing, "--judge", "configs/quickstart.yaml"]) == 2
     error = capsys.readouterr().err
     assert error == f"nhr: error: {missing}: no such file or folder\n"
+
+
+def test_a_hub_dataset_that_cannot_be_opened_is_one_clear_error(monkeypatch, capsys):
+    """Offline, a mistyped id or a relative path that reads like one: one line, exit 2."""
+    datasets = pytest.importorskip("datasets")
+    from nhr.cli import main
+
+    def unreachable(name, split, streaming):
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)\nmore")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    assert main(["score", "not-a-hub/id", "--judge", "configs/quickstart.yaml"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert error.startswith("nhr: error: not-a-hub/id: no such local file or folder")
+    assert "ConnectionError: Couldn't reach 'not-a-hub/id' on the Hub" in error

@@ -121,12 +121,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "Label Studio tasks (labels go to RUN/labels/)",
     )
     label.add_argument("run_dir")
-    label.add_argument("--sample", type=int, default=100, help="triplets to rate (default 100)")
+    label.add_argument(
+        "--sample", type=_positive_int, default=100, help="triplets to rate (default 100)"
+    )
     label.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
     label.add_argument("--port", type=int, help="port of the rating page (default: a free one)")
     label.add_argument(
         "--simulate-raters",
-        type=int,
+        type=_positive_int,
         metavar="R",
         help="simulator runs: R simulated raters per triplet instead of the page",
     )
@@ -205,11 +207,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument(
         "--min-kept",
-        type=int,
+        type=_positive_int,
         default=25,
         help="fewest kept labelled items a category threshold is measured on (default 25)",
     )
-    calibrate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds")
+    calibrate.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap rounds")
     calibrate.add_argument("--seed", type=int, default=0)
     calibrate.add_argument(
         "--exclude-unreachable",
@@ -235,16 +237,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "--judge", required=True, metavar="CONFIG", help="config with the judge model"
     )
     score.add_argument("--role", default="validator")
-    score.add_argument("--sample", type=int, default=500, help="triplets per dataset (default 500)")
+    score.add_argument(
+        "--sample", type=_positive_int, default=500, help="triplets per dataset (default 500)"
+    )
     score.add_argument(
         "--columns", metavar="MAP", help="source=COL,edited=COL,instruction=COL (default: guessed)"
     )
     score.add_argument("--output", metavar="DIR", help="write scores.json and scores.png here")
     score.add_argument("--seed", type=int, default=0)
     score.add_argument(
-        "--max-pixels", type=int, default=40_000_000, help="larger images are rejected"
+        "--max-pixels", type=_positive_int, default=40_000_000, help="larger images are rejected"
     )
-    score.add_argument("--bootstrap", type=int, default=2000, help="bootstrap rounds")
+    score.add_argument("--bootstrap", type=_positive_int, default=2000, help="bootstrap rounds")
 
     bench = commands.add_parser(
         "bench",
@@ -254,7 +258,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--editor", metavar="CONFIG", help="config whose models.editor is benched")
     bench.add_argument("--judge", metavar="CONFIG", help="config whose models.validator judges")
     bench.add_argument("--data", metavar="PATH", help="local copy of the benchmark")
-    bench.add_argument("--seeds", type=int, default=3, help="editor seeds (default 3)")
+    bench.add_argument("--seeds", type=_positive_int, default=3, help="editor seeds (default 3)")
     bench.add_argument("--language", default="en", help="instruction language (GEdit: en, cn)")
     bench.add_argument(
         "--output", metavar="DIR", help="state, bench.json and tables (default bench/BENCH-MODEL)"
@@ -262,7 +266,9 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--compare", nargs=2, metavar=("A", "B"), help="two bench output folders side by side"
     )
-    bench.add_argument("--bootstrap", type=int, default=2000, help="--compare: bootstrap rounds")
+    bench.add_argument(
+        "--bootstrap", type=_positive_int, default=2000, help="--compare: bootstrap rounds"
+    )
     bench.add_argument("--seed", type=int, default=0, help="--compare: bootstrap seed")
 
     train = commands.add_parser("train", help="fine-tune an editor on a run's mined triplets")
@@ -666,10 +672,20 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if not args.run and not args.judge:
         raise _UsageError("give --run RUN (its stored scores) or --judge CONFIG (or both)")
+    if not 0 < args.target_precision <= 1:  # also refuses nan
+        raise _UsageError(
+            f"--target-precision must be above 0 and at most 1, not {args.target_precision}"
+        )
+    if args.confidence is not None and not 0 < args.confidence < 1:
+        raise _UsageError(
+            f"--confidence must be between 0 and 1 (e.g. 0.95), not {args.confidence}"
+        )
     try:
         rows = read_labels(args.labels)
     except LabelsError as error:
         raise _UsageError(str(error)) from None
+    if not rows:
+        raise _UsageError(f"{args.labels}: no ratings in it")
     items = {row["item"] for row in rows}
     store = _existing_run(args.run) if args.run else None
     judges, operations = cal.run_judges(store, items) if store is not None else ([], {})
@@ -722,8 +738,6 @@ def _score(args: argparse.Namespace) -> int:
     from nhr.score import parse_columns, plot_png, render_table, score_datasets
     from nhr.storage import open_storage
 
-    if args.sample < 1:
-        raise _UsageError("--sample must be at least 1")
     try:
         columns = parse_columns(args.columns)
         report = score_datasets(
@@ -780,12 +794,12 @@ def _on_sigterm(signum, frame) -> None:
 _OS_ADVICE = {
     "ENOSPC": "free some disk space, then run the same command again to resume",
     "EDQUOT": "free some space within your quota, then run the same command again to resume",
-    "EACCES": "make it writable by this user, or pass another --run-dir",
-    "EPERM": "make it writable by this user, or pass another --run-dir",
-    "EROFS": "the file system is read-only: pass a --run-dir on a writable disk",
-    "ENOTDIR": "a part of this path is a file: pass a --run-dir that is a directory",
+    "EACCES": "make it writable by this user, or choose another folder (--run-dir, --output)",
+    "EPERM": "make it writable by this user, or choose another folder (--run-dir, --output)",
+    "EROFS": "the file system is read-only: choose a folder on a writable disk",
+    "ENOTDIR": "a part of this path is a file: choose a folder path (--run-dir, --output)",
     "EISDIR": "this path is a directory where nhr expected a file: move it away",
-    "EEXIST": "a file is in the way: pass a --run-dir that is a directory",
+    "EEXIST": "a file is in the way: choose a folder path (--run-dir, --output)",
 }
 
 

@@ -253,8 +253,16 @@ def _hub(spec: str, count: int, seed: int, columns) -> tuple[Iterator[Sample], i
     """A hub dataset, streamed: a shuffled buffer, then the first `count` rows."""
     import datasets
 
+    from nhr.storage import first_line
+
     name, _, split = spec.partition(":")
-    stream = datasets.load_dataset(name, split=split or "train", streaming=True)
+    try:
+        stream = datasets.load_dataset(name, split=split or "train", streaming=True)
+    except Exception as error:  # offline, a mistyped id or path, no access: for the user to fix
+        raise ValueError(
+            f"{spec}: no such local file or folder, and no Hugging Face hub dataset could be "
+            f"opened ({type(error).__name__}: {first_line(error)})"
+        ) from None
     stream = stream.shuffle(seed=seed, buffer_size=max(1000, 4 * count))
 
     def samples() -> Iterator[Sample]:
