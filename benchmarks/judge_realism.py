@@ -1,17 +1,20 @@
 """How realistic the simulator's judges are, side by side with the NHR paper's figures.
 
-1. Each named judge profile on a calibration population of simulated triplets with a broad
-   quality mix: MAE and Spearman rho per scale, precision / recall / accuracy of the keep-rule
-   "both scores >= 4.7" against the positive label "both true scores > 4.0".
-2. The simulated human raters: inter-rater agreement and how well the paper's bias correction
-   recovers the true scores.
+1. The paper's protocol: every named judge profile on a population whose label buckets spread
+   like the paper's validation set, against the bias-corrected labels of 2-4 simulated raters:
+   MAE and Spearman rho per scale, precision / recall / accuracy of the keep-rule "both
+   scores >= 4.7" against the positive label "both labels > 4.0" (Table 1, Table B.1), and the
+   tuned validator's confusion matrices by bucket (Figure B.4). The profiles are fitted here.
+2. The same profiles against the simulator's truth on a broad calibration population, and the
+   simulated raters there: agreement, and how well the bias correction recovers the truth.
 3. The quickstart (mined here, or an existing run): survival per step, the S(T) knees and the
    suggested threshold, the near-miss share of edit attempts, and the released triplets that
    are truly defective, by kind.
 
     python benchmarks/judge_realism.py [--run-dir RUN] [--population N]
 
-The last line is `tuned validator: precision P recall R mae_instr M mae_aes A`.
+The last line is `tuned validator: precision P recall R mae_instr M mae_aes A`, the tuned
+profile's figures measured the paper's way (1).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ PAPER_DEFECTIVE = 0.14  # share of released triplets a human audit found defecti
 # Positives in the paper's labelled set, implied by its accuracy 0.73, precision 0.834 and
 # recall 0.446 at 4.7 (docs/simulator.md)
 PAPER_POSITIVES = 0.42
+TUNED = "tuned-gemini-2.0-flash"
+BUCKET_NAMES = ("[1, 2)", "[2, 3)", "[3, 4)", "[4, 4.5)", "[4.5, 4.7)", "[4.7, 5]")
 
 
 def main() -> None:
@@ -47,48 +52,8 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=2000)
     args = parser.parse_args()
 
-    population = calibration.population(args.population)
-    truth = np.array([t.true_scores for t in population])
-    low = truth.min(axis=1)
-    print(f"calibration population: {len(population)} triplets")
-    print(f"  positives (both true scores > 4.0): {np.mean([t.positive for t in population]):.1%}")
-    print(f"  near-misses (true min in [4.0, 4.7)): {near_miss_share(low):.1%}")
-    mix = Counter(t.error or "correct" for t in population)
-    print("  mix:", ", ".join(f"{k} {v / len(population):.0%}" for k, v in mix.most_common()))
-
-    print(f"\njudge profiles at T = {calibration.THRESHOLD} (sim / paper):")
-    print(f"{'profile':<26}" + "".join(f"{m:>16}" for m in METRICS))
-    tuned = {}
-    for name, judge in PROFILES.items():
-        metrics = calibration.judge_metrics(judge, population, name)
-        paper = calibration.PAPER[name]
-        cells = []
-        for metric in METRICS:
-            ours = f"{metrics[metric]:.3f}"
-            theirs = f"{paper[metric]:.3f}" if metric in paper else "  -  "
-            cells.append(f"{ours + ' / ' + theirs:>16}")
-        print(f"{name:<26}" + "".join(cells))
-        missed = calibration.misses(name, metrics, calibration.FITTED[name])
-        if missed:
-            print(f"{'':<26}outside tolerance (fitted figures): {'; '.join(missed)}")
-        if name == "tuned-gemini-2.0-flash":
-            tuned = metrics
-
-    print("\nsimulated human raters (2-4 per triplet):")
-    ratings = raters.rate(truth, raters.RaterPool(), seed=0)
-    agreement = raters.agreement(ratings)
-    plain = np.abs(raters.plain_labels(ratings, len(truth)) - truth).mean(axis=0)
-    corrected = np.abs(raters.corrected_labels(ratings, len(truth)) - truth).mean(axis=0)
-    print(
-        f"  mean pairwise Spearman: instruction {agreement[0]:.2f} (paper {PAPER_AGREEMENT[0]}),"
-        f" aesthetics {agreement[1]:.2f} (paper {PAPER_AGREEMENT[1]})"
-    )
-    print(
-        f"  label MAE against truth: plain mean {plain[0]:.3f} / {plain[1]:.3f}, "
-        f"bias-corrected {corrected[0]:.3f} / {corrected[1]:.3f}"
-    )
-    labels_against(population, truth, raters.corrected_labels(ratings, len(truth)))
-    paper_shaped(args.population)
+    tuned = paper_protocol(args.population)
+    broad_population(args.population)
 
     run_dir = args.run_dir
     if run_dir is None:
@@ -102,62 +67,35 @@ def main() -> None:
     )
 
 
-def labels_against(population, truth: np.ndarray, labels: np.ndarray) -> None:
-    """The paper measured its judges against rater labels, not against a truth; the profiles
-    are calibrated against the simulator's truth. How the tuned profile reads against the
-    simulated 2-4-rater labels, and what even a judge that reads the truth exactly gets
-    against them (docs/simulator.md, "Judges against rater labels")."""
-    name = "tuned-gemini-2.0-flash"
-    seen = calibration.readings(PROFILES[name], population, name)
-    exact = np.round(truth, 1)
-    paper = calibration.PAPER[name]
-    implied = paper["recall"] * PAPER_POSITIVES / paper["precision"]
-    print("  against these labels (positive: both labels > 4.0; keep: both readings >= 4.7):")
-    for who, readings in ((name, seen), ("a judge reading the truth exactly", exact)):
-        figures = keep_rule(readings, labels)
-        print(
-            f"    {who}: MAE {figures['mae'][0]:.2f} / {figures['mae'][1]:.2f}, "
-            f"rho {figures['rho'][0]:.2f} / {figures['rho'][1]:.2f}, precision "
-            f"{figures['precision']:.3f}, recall {figures['recall']:.3f}, kept "
-            f"{figures['kept']:.1%}"
-        )
-    print(
-        f"    paper (against its labels): MAE {paper['mae_instr']} / {paper['mae_aes']}, rho "
-        f"{paper['rho_instr']} / {paper['rho_aes']}, precision {paper['precision']}, recall "
-        f"{paper['recall']}, kept ~{implied:.1%} (recall x positives / precision)"
-    )
-    top = np.mean((truth >= calibration.THRESHOLD).all(axis=1))
-    print(f"  triplets with both true scores >= {calibration.THRESHOLD}: {top:.1%}")
-
-
-def paper_shaped(count: int) -> None:
-    """Every profile measured as the paper measured its judges: on a population whose true
-    scores spread like its validation set's (Figure B.4), against the bias-corrected labels of
-    2-4 simulated raters who agree like its raters (docs/simulator.md, "The paper's protocol")."""
+def paper_protocol(count: int) -> dict[str, float]:
+    """Every profile measured as the paper measured its judges: on a population whose label
+    buckets spread like its validation set's (Figure B.4), against the bias-corrected labels
+    of 2-4 simulated raters who agree like its raters (docs/simulator.md, "The paper's
+    protocol"). Returns the tuned validator's figures."""
     population = calibration.paper_shaped_population(count)
     truth = np.array([t.true_scores for t in population])
-    shares = calibration.bucket_shares(truth)
-    buckets = calibration.TRUE_BUCKETS
-    names = [f"[{a:g}, {b:g})" for a, b in zip(buckets, buckets[1:])]
-    print(f"\npaper-shaped population: {len(population)} triplets, true-score shares (sim / paper)")
-    print(f"{'':<14}" + "".join(f"{n:>14}" for n in names))
+    pool = calibration.PAPER_SHAPED_RATERS
+    ratings = raters.rate(truth, pool, seed=0)
+    agreement = raters.agreement(ratings)
+    labels = raters.corrected_labels(ratings, len(truth))
+    shares = calibration.bucket_shares(labels)
+    print(f"paper-shaped population: {len(population)} triplets, label-bucket shares (sim / paper)")
+    print(f"{'':<14}" + "".join(f"{n:>14}" for n in BUCKET_NAMES))
     for k, scale in enumerate(("instruction", "aesthetics")):
         paper = calibration.PAPER_TRUE_SHARES[scale]
         print(f"{scale:<14}" + "".join(f"{s:>7.3f} / {p:.3f}" for s, p in zip(shares[k], paper)))
     print(
-        f"  positives: {np.mean([t.positive for t in population]):.1%} (paper ~{PAPER_POSITIVES:.0%})"
+        f"  raters (noise {pool.noise_sd[0]} / {pool.noise_sd[1]}, end spread "
+        f"{pool.end_spread}): mean pairwise Spearman {agreement[0]:.2f} / {agreement[1]:.2f} "
+        f"(paper {PAPER_AGREEMENT[0]} / {PAPER_AGREEMENT[1]})"
     )
-    pool = raters.RaterPool(noise_sd=calibration.PAPER_SHAPED_RATER_NOISE)
-    ratings = raters.rate(truth, pool, seed=0)
-    agreement = raters.agreement(ratings)
-    labels = raters.corrected_labels(ratings, len(truth))
     print(
-        f"  raters (noise {pool.noise_sd[0]} / {pool.noise_sd[1]}): mean pairwise Spearman "
-        f"{agreement[0]:.2f} / {agreement[1]:.2f} (paper {PAPER_AGREEMENT[0]} / "
-        f"{PAPER_AGREEMENT[1]}); labels positive: {np.mean((labels > 4.0).all(axis=1)):.1%}"
+        f"  positives (both labels > 4.0): {np.mean((labels > 4.0).all(axis=1)):.1%} (paper "
+        f"~{PAPER_POSITIVES:.0%}); by the true scores {np.mean([t.positive for t in population]):.1%}"
     )
-    print(f"  judge profiles against these labels at T = {calibration.THRESHOLD} (sim / paper):")
+    print(f"\njudge profiles against these labels at T = {calibration.THRESHOLD} (sim / paper):")
     print(f"{'profile':<26}" + "".join(f"{m:>16}" for m in METRICS))
+    tuned = {}
     for name, judge in PROFILES.items():
         metrics = calibration.judge_metrics(judge, population, name, labels=labels)
         paper = calibration.PAPER[name]
@@ -167,19 +105,60 @@ def paper_shaped(count: int) -> None:
         missed = calibration.misses(name, metrics)
         if missed:
             print(f"{'':<26}outside tolerance: {'; '.join(missed)}")
+        if name == TUNED:
+            tuned = metrics
+
+    seen = calibration.readings(PROFILES[TUNED], population, TUNED)
+    print(f"\n{TUNED} by label bucket (rows) and reading bucket (columns), sim | paper (Fig. B.4):")
+    for k, scale in enumerate(("instruction", "aesthetics")):
+        ours, paper = calibration.confusion(seen, labels, k), calibration.paper_confusion(scale)
+        in_bucket = calibration.buckets(labels[:, k])
+        print(f"  {scale}: row, reading shares, MAE of the row")
+        for row, name in enumerate(BUCKET_NAMES):
+            mae = np.abs(seen[in_bucket == row, k] - labels[in_bucket == row, k]).mean()
+            print(
+                f"  {name:>11} "
+                + " ".join(f"{v:.2f}" for v in ours[row])
+                + "  |  "
+                + " ".join(f"{v:.2f}" for v in paper[row])
+                + f"   MAE {mae:.2f}"
+            )
+    return tuned
 
 
-def keep_rule(readings: np.ndarray, labels: np.ndarray) -> dict:
-    positive = (labels > calibration.POSITIVE_ABOVE).all(axis=1)
-    kept = (readings >= calibration.THRESHOLD - 1e-9).all(axis=1)
-    hits = np.sum(kept & positive)
-    return {
-        "mae": np.abs(readings - labels).mean(axis=0),
-        "rho": [calibration.spearman(readings[:, k], labels[:, k]) for k in (0, 1)],
-        "precision": float(hits / kept.sum()) if kept.any() else float("nan"),
-        "recall": float(hits / positive.sum()) if positive.any() else float("nan"),
-        "kept": float(kept.mean()),
-    }
+def broad_population(count: int) -> None:
+    """The profiles against the simulator's truth on calibration.population(), a broad mix
+    with many near-misses, and the simulated raters' agreement and bias correction there."""
+    population = calibration.population(count)
+    truth = np.array([t.true_scores for t in population])
+    low = truth.min(axis=1)
+    print(f"\ncalibration population: {len(population)} triplets")
+    print(f"  positives (both true scores > 4.0): {np.mean([t.positive for t in population]):.1%}")
+    print(f"  near-misses (true min in [4.0, 4.7)): {near_miss_share(low):.1%}")
+    mix = Counter(t.error or "correct" for t in population)
+    print("  mix:", ", ".join(f"{k} {v / len(population):.0%}" for k, v in mix.most_common()))
+    print(f"  judge profiles against the truth at T = {calibration.THRESHOLD} (sim / paper):")
+    print(f"{'profile':<26}" + "".join(f"{m:>16}" for m in METRICS))
+    for name, judge in PROFILES.items():
+        metrics = calibration.judge_metrics(judge, population, name)
+        paper = calibration.PAPER[name]
+        print(
+            f"{name:<26}" + "".join(f"{f'{metrics[m]:.3f} / {paper[m]:.3f}':>16}" for m in METRICS)
+        )
+
+    print("\nsimulated human raters on it (2-4 per triplet, the default pool):")
+    ratings = raters.rate(truth, raters.RaterPool(), seed=0)
+    agreement = raters.agreement(ratings)
+    plain = np.abs(raters.plain_labels(ratings, len(truth)) - truth).mean(axis=0)
+    corrected = np.abs(raters.corrected_labels(ratings, len(truth)) - truth).mean(axis=0)
+    print(
+        f"  mean pairwise Spearman: instruction {agreement[0]:.2f} (paper {PAPER_AGREEMENT[0]}),"
+        f" aesthetics {agreement[1]:.2f} (paper {PAPER_AGREEMENT[1]})"
+    )
+    print(
+        f"  label MAE against truth: plain mean {plain[0]:.3f} / {plain[1]:.3f}, "
+        f"bias-corrected {corrected[0]:.3f} / {corrected[1]:.3f}"
+    )
 
 
 def near_miss_share(low: np.ndarray) -> float:

@@ -32,12 +32,12 @@ def population():
     return calibration.population(600, seed=5)
 
 
-def rated(population, seed=1):
+def rated(population, seed=1, pool=None):
     """Label rows from the simulated rater panel, one item per triplet."""
     from nhr.backends.sim import raters
 
     truth = np.array([t.true_scores for t in population])
-    ratings = raters.rate(truth, seed=seed)
+    ratings = raters.rate(truth, pool or raters.RaterPool(), seed=seed)
     return [
         {
             "item": f"c{item}",
@@ -88,6 +88,19 @@ def test_the_report_has_the_documented_layout_and_is_deterministic(population):
     assert json.dumps(again) == json.dumps(report)  # seeded bootstrap: same report
 
 
+def as_metrics(figures: dict) -> dict[str, float]:
+    """A judge's calibration figures under the simulator's metric names (calibration.PAPER)."""
+    return {
+        "mae_instr": figures["instruction"]["mae"],
+        "mae_aes": figures["aesthetics"]["mae"],
+        "rho_instr": figures["instruction"]["spearman"],
+        "rho_aes": figures["aesthetics"]["spearman"],
+        "precision": figures["at_threshold"]["precision"],
+        "recall": figures["at_threshold"]["recall"],
+        "accuracy": figures["at_threshold"]["accuracy"],
+    }
+
+
 def test_against_the_simulators_truth_the_configured_figures_come_back(population):
     """Calibrating the tuned profile against the simulator's own truth reproduces the figures
     the simulator computes for it (its configured behaviour), each inside its 95 % interval."""
@@ -97,17 +110,22 @@ def test_against_the_simulators_truth_the_configured_figures_come_back(populatio
     truth = {f"c{i}": t.true_scores for i, t in enumerate(population)}
     figures = judge_figures(sim_judge(population), truth, {}, rounds=300)
     expected = calibration.judge_metrics(profile(TUNED), population, TUNED)
-    pairs = {
-        "mae_instr": figures["instruction"]["mae"],
-        "mae_aes": figures["aesthetics"]["mae"],
-        "rho_instr": figures["instruction"]["spearman"],
-        "rho_aes": figures["aesthetics"]["spearman"],
-        "precision": figures["at_threshold"]["precision"],
-        "recall": figures["at_threshold"]["recall"],
-        "accuracy": figures["at_threshold"]["accuracy"],
-    }
-    for key, value in pairs.items():
+    for key, value in as_metrics(figures).items():
         assert value == pytest.approx(expected[key], abs=1e-5), key
+
+
+def test_calibrating_the_tuned_profile_on_paper_shaped_ratings_gives_the_papers_figures():
+    """The paper's protocol through the user's tool: simulated raters rate a paper-shaped
+    population, `calibrate` measures the tuned profile against their labels, and the figures
+    are the paper's Table 1 / Table B.1 rows within twice the fitting tolerance."""
+    from nhr.backends.sim import calibration
+
+    triplets = calibration.paper_shaped_population(1200, seed=4)
+    rows = rated(triplets, seed=4, pool=calibration.PAPER_SHAPED_RATERS)
+    report = calibrate(rows, [sim_judge(triplets)], {}, rounds=100, seed=0)
+    measured = as_metrics(report["judges"]["validator"])
+    for key, target in calibration.PAPER[TUNED].items():
+        assert abs(measured[key] - target) <= 2 * calibration.TOLERANCE[key], (key, measured[key])
 
 
 def test_category_thresholds_reach_the_target_where_the_data_allows():

@@ -24,6 +24,7 @@ from nhr.backends.sim.config import SimBackendConfig, SimEditorErrors, SimGenera
 from nhr.backends.sim.grammar import parse_instruction
 from nhr.backends.sim.judges import JudgeProfile, read_scores
 from nhr.backends.sim.llm import SUPPORTED_OPERATIONS
+from nhr.backends.sim.raters import RaterPool
 from nhr.backends.sim.render import read_meta
 from nhr.backends.sim.truth import Assessment, assess
 from nhr.backends.sim.world import Scene, digest
@@ -71,16 +72,6 @@ PAPER: dict[str, dict[str, float]] = {
         "accuracy": 0.531,
     },
 }
-# The figures each profile is calibrated on against population()'s truth: all of the tuned
-# validator's, the Qwen judge's adherence figures. The two untuned Gemini judges are fitted on
-# paper_shaped_population() against simulated rater labels, as the paper measured; every
-# profile is reported both ways (benchmarks/judge_realism.py, docs/simulator.md).
-FITTED: dict[str, tuple[str, ...]] = {
-    "tuned-gemini-2.0-flash": tuple(PAPER["tuned-gemini-2.0-flash"]),
-    "qwen2.5-vl-72b": ("mae_instr", "rho_instr"),
-    "gemini-2.5-pro": (),
-    "gemini-2.0-flash": (),
-}
 TOLERANCE: dict[str, float] = {
     "mae_instr": 0.08,
     "mae_aes": 0.08,
@@ -113,10 +104,31 @@ CALIBRATION_GENERATOR_ERRORS = SimGeneratorErrors(
 )
 OPERATIONS = SUPPORTED_OPERATIONS  # every operation the simulator's designer writes
 
-# The paper's labelled validation set by true-score bucket: the row totals of its confusion
-# matrices (arXiv 2507.14119, Figure B.4; 825 triplets), as shares. Instruction adherence is
-# bimodal by design (clear successes and obvious failures, section B.1); aesthetics are broad.
+# The paper's tuned validator on its labelled validation set (arXiv 2507.14119, Figure B.4;
+# 825 triplets): how many triplets of each label bucket (rows) it read into each bucket
+# (columns), buckets [1, 2), [2, 3), [3, 4), [4, 4.5), [4.5, 4.7), [4.7, 5]. The tuned profile
+# is fitted to these rows as well as to Table 1 / Table B.1.
 TRUE_BUCKETS = (1.0, 2.0, 3.0, 4.0, 4.5, 4.7, 5.0)
+PAPER_CONFUSION = {
+    "instruction": (
+        (125, 22, 7, 1, 0, 2),
+        (12, 49, 30, 5, 1, 5),
+        (6, 33, 49, 28, 8, 17),
+        (3, 5, 31, 40, 10, 37),
+        (0, 2, 8, 26, 12, 33),
+        (0, 2, 10, 23, 21, 161),
+    ),
+    "aesthetics": (
+        (24, 22, 6, 0, 0, 0),
+        (3, 41, 53, 7, 0, 7),
+        (0, 26, 91, 61, 4, 36),
+        (0, 5, 46, 85, 10, 37),
+        (0, 3, 18, 28, 8, 32),
+        (0, 4, 16, 26, 8, 118),
+    ),
+}
+# The set by label bucket: the row totals above, as shares. Instruction adherence is bimodal
+# by design (clear successes and obvious failures, section B.1); aesthetics are broad.
 PAPER_TRUE_SHARES = {
     "instruction": (0.191, 0.124, 0.171, 0.153, 0.098, 0.263),  # 157 102 141 126 81 217
     "aesthetics": (0.063, 0.135, 0.264, 0.222, 0.108, 0.208),  # 52 111 218 183 89 172
@@ -127,9 +139,12 @@ PAPER_TRUE_SHARES = {
 # positive on both, more than independent scores would give). Strata of the paper-shaped
 # population: (share, editor error rates x, source roughness), fitted to the shares above.
 SOURCE_MODELS = ((0.43, 0.3, 0.0), (0.37, 2.0, 0.7), (0.20, 2.0, 1.5))
-# Raters' noise for that population: its mean pairwise Spearman is then the paper's 0.64 /
-# 0.41 (the default RaterPool is calibrated on population(), whose spread differs).
-PAPER_SHAPED_RATER_NOISE = (0.45, 0.65)
+# The raters of that population. They agree most at the ends of the scale (end_spread): with
+# the same spread everywhere, too few labels of clear successes stay in the top bucket
+# [4.7, 5] (instruction 22 %, aesthetics 15 %, against the paper's 26 % and 21 %; with
+# end_spread 0.6: 26 % and 17 %). The noise then gives the paper's mean pairwise Spearman of
+# 0.64 / 0.41 (the default RaterPool is calibrated on population(), whose spread differs).
+PAPER_SHAPED_RATERS = RaterPool(noise_sd=(0.7, 0.85), end_spread=0.6)
 
 
 @dataclass(frozen=True)
@@ -217,10 +232,27 @@ def paper_shaped_population(count: int = 2000, seed: int = 0) -> list[Triplet]:
     return triplets
 
 
+def buckets(values: np.ndarray) -> np.ndarray:
+    """The TRUE_BUCKETS bucket (0-5) of each 1-5 score, the top one closed."""
+    return np.clip(np.searchsorted(TRUE_BUCKETS, values, side="right") - 1, 0, 5)
+
+
 def bucket_shares(scores: np.ndarray) -> np.ndarray:
-    """(2, 6) share of triplets per TRUE_BUCKETS bucket, per scale (the top one closed)."""
-    edges = np.array(TRUE_BUCKETS[:-1] + (5.0 + 1e-9,))
-    return np.array([np.histogram(scores[:, k], edges)[0] / len(scores) for k in (0, 1)])
+    """(2, 6) share of triplets per TRUE_BUCKETS bucket, per scale."""
+    return np.array([np.bincount(buckets(scores[:, k]), minlength=6) / len(scores) for k in (0, 1)])
+
+
+def confusion(readings: np.ndarray, labels: np.ndarray, scale: int) -> np.ndarray:
+    """(6, 6) row-normalised confusion matrix of one scale (0: instruction, 1: aesthetics):
+    the share of each label bucket's triplets read into each bucket, as in Figure B.4."""
+    counts = np.zeros((6, 6))
+    np.add.at(counts, (buckets(labels[:, scale]), buckets(readings[:, scale])), 1)
+    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+
+
+def paper_confusion(scale: str) -> np.ndarray:
+    counts = np.array(PAPER_CONFUSION[scale], dtype=float)
+    return counts / counts.sum(axis=1, keepdims=True)
 
 
 def triplet(source: bytes, edited: bytes, instruction: str) -> Triplet:

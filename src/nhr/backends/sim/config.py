@@ -61,7 +61,7 @@ class SimEditorErrors(_Strict):
     Each flaw has a size (`minor_share` of them are near-misses) and every edit a small
     `finish` imperfection, so true quality is continuous. Calibrated with the quickstart's
     judges (pre-filter `qwen2.5-vl-72b`, validator `tuned-gemini-2.0-flash`) and thresholds:
-    every survival step within a few points of the reference run, about 12 % of the released
+    every survival step within a few points of the reference run, about 15 % of the released
     triplets truly defective (docs/simulator.md).
     """
 
@@ -80,7 +80,7 @@ class SimEditorErrors(_Strict):
         json_schema_extra=affects_role(),
     )
     extra_change: float = Field(
-        0.09,
+        0.07,
         ge=0,
         le=1,
         description="the right change plus an unrequested recolour",
@@ -108,14 +108,14 @@ class SimEditorErrors(_Strict):
         json_schema_extra=affects_role(),
     )
     partial: float = Field(
-        0.09,
+        0.11,
         ge=0,
         le=1,
         description="half done: faded, half recoloured, or one clause dropped",
         json_schema_extra=affects_role(),
     )
     minor_share: float = Field(
-        0.7,
+        0.6,
         ge=0,
         le=1,
         description="share of flawed edits whose flaw is minor (a faint left-over shadow, a "
@@ -124,7 +124,7 @@ class SimEditorErrors(_Strict):
         json_schema_extra=affects_role(),
     )
     finish: float = Field(
-        0.3,
+        0.25,
         ge=0,
         le=1,
         description="mean small imperfection of every edit, in score points (a soft seam, a "
@@ -168,7 +168,7 @@ class SimGeneratorErrors(_Strict):
         json_schema_extra=affects_role(),
     )
     roughness: float = Field(
-        0.45,
+        0.15,
         ge=0,
         le=1,
         description="mean aesthetic roughness of a source, in score points: generated images "

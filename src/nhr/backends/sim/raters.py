@@ -4,9 +4,11 @@ The NHR paper (arXiv 2507.14119) labelled its validator's training and validatio
 2-4 human raters per triplet on two 1-5 scales, and corrected each rater's bias: b_j = mean over
 rater j's items of (s_ij - mean_i), label S_i = mean over the item's raters of (s_ij - b_j).
 Its raters agreed with a mean pairwise Spearman of 0.64 on instruction adherence and 0.41 on
-aesthetics. Here every rater has a personal bias and noise per scale and answers whole points;
-items are rated in batches, each batch by its own 2-4 raters drawn from the pool, so every
-pair of raters that shares a batch can be compared.
+aesthetics. Here every rater has a personal bias (relative to the pool's consensus) and noise
+per scale and answers whole points, optionally agreeing more at the ends of the scale
+(`end_spread`); items are rated in batches, each batch by its own 2-4 raters drawn from the
+pool, so every pair of raters that shares a batch can be compared. A corrected label stays on
+the 1-5 scale.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ class RaterPool:
     noise_sd: tuple[float, float] = (0.7, 0.6)
     batch_size: int = 40
     per_item: tuple[int, int] = (2, 4)  # fewest and most raters per item
+    # Share of a rater's bias and noise left at the ends of the scale (a true score of 1 or
+    # 5), growing linearly to all of it at 3: raters agree most on clear successes and obvious
+    # failures. 1: the same spread everywhere.
+    end_spread: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,9 @@ def rate(true_scores: np.ndarray, pool: RaterPool = RaterPool(), seed: int = 0) 
     random = np.random.default_rng(seed)
     true_scores = np.asarray(true_scores, dtype=float)
     bias = random.normal(0.0, pool.bias_sd, size=(pool.raters, 2))
+    # A bias is personal: relative to the pool's consensus, which is what the scale means.
+    # (Uncentred, the pool's mean bias would shift every label of a rating round alike.)
+    bias -= bias.mean(axis=0)
     items, raters, batches = [], [], []
     for batch, start in enumerate(range(0, len(true_scores), pool.batch_size)):
         count = random.integers(pool.per_item[0], pool.per_item[1] + 1)
@@ -58,7 +67,10 @@ def rate(true_scores: np.ndarray, pool: RaterPool = RaterPool(), seed: int = 0) 
     item = np.array(items)
     rater = np.array(raters)
     noise = random.normal(0.0, pool.noise_sd, size=(len(item), 2))
-    scores = np.clip(np.rint(true_scores[item] + bias[rater] + noise), 1, 5)
+    true = true_scores[item]
+    middle = np.clip(1.0 - np.abs(true - 3.0) / 2.0, 0.0, 1.0)
+    spread = pool.end_spread + (1.0 - pool.end_spread) * middle
+    scores = np.clip(np.rint(true + bias[rater] * spread + noise * spread), 1, 5)
     return Ratings(item, rater, np.array(batches), scores, bias)
 
 
@@ -72,7 +84,8 @@ def plain_labels(ratings: Ratings, count: int) -> np.ndarray:
 
 def corrected_labels(ratings: Ratings, count: int) -> np.ndarray:
     """(count, 2) the paper's labels: each rater's bias (mean deviation from the item means
-    over the rater's items) removed before averaging."""
+    over the rater's items) removed before averaging, kept on the raters' 1-5 scale (the
+    correction of a strict rater could carry a perfect item past 5)."""
     means = plain_labels(ratings, count)
     deviation = ratings.scores - means[ratings.item]
     rater_count = int(ratings.rater.max()) + 1
@@ -83,7 +96,7 @@ def corrected_labels(ratings: Ratings, count: int) -> np.ndarray:
     corrected = Ratings(
         ratings.item, ratings.rater, ratings.batch, ratings.scores - bias[ratings.rater], bias
     )
-    return plain_labels(corrected, count)
+    return np.clip(plain_labels(corrected, count), 1.0, 5.0)
 
 
 def agreement(ratings: Ratings) -> tuple[float, float]:
