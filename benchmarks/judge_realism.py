@@ -82,7 +82,7 @@ def paper_protocol(count: int) -> dict[str, float]:
     print(f"paper-shaped population: {len(population)} triplets, label-bucket shares (sim / paper)")
     print(f"{'':<14}" + "".join(f"{n:>14}" for n in BUCKET_NAMES))
     for k, scale in enumerate(("instruction", "aesthetics")):
-        paper = calibration.PAPER_TRUE_SHARES[scale]
+        paper = calibration.paper_label_shares(scale)
         print(f"{scale:<14}" + "".join(f"{s:>7.3f} / {p:.3f}" for s, p in zip(shares[k], paper)))
     print(
         f"  raters (noise {pool.noise_sd[0]} / {pool.noise_sd[1]}, end spread "
@@ -94,19 +94,7 @@ def paper_protocol(count: int) -> dict[str, float]:
         f"~{PAPER_POSITIVES:.0%}); by the true scores {np.mean([t.positive for t in population]):.1%}"
     )
     print(f"\njudge profiles against these labels at T = {calibration.THRESHOLD} (sim / paper):")
-    print(f"{'profile':<26}" + "".join(f"{m:>16}" for m in METRICS))
-    tuned = {}
-    for name, judge in PROFILES.items():
-        metrics = calibration.judge_metrics(judge, population, name, labels=labels)
-        paper = calibration.PAPER[name]
-        print(
-            f"{name:<26}" + "".join(f"{f'{metrics[m]:.3f} / {paper[m]:.3f}':>16}" for m in METRICS)
-        )
-        missed = calibration.misses(name, metrics)
-        if missed:
-            print(f"{'':<26}outside tolerance: {'; '.join(missed)}")
-        if name == TUNED:
-            tuned = metrics
+    tuned = profile_table(population, labels)
 
     seen = calibration.readings(PROFILES[TUNED], population, TUNED)
     print(f"\n{TUNED} by label bucket (rows) and reading bucket (columns), sim | paper (Fig. B.4):")
@@ -126,6 +114,26 @@ def paper_protocol(count: int) -> dict[str, float]:
     return tuned
 
 
+def profile_table(population, labels: np.ndarray | None = None) -> dict[str, float]:
+    """One row per profile, sim / paper; against `labels` (the paper's way, where the profiles
+    are fitted: figures outside the tolerance are flagged) or, without, against the truth.
+    Returns the tuned validator's figures."""
+    print(f"{'profile':<26}" + "".join(f"{m:>16}" for m in METRICS))
+    tuned = {}
+    for name, judge in PROFILES.items():
+        metrics = calibration.judge_metrics(judge, population, name, labels=labels)
+        paper = calibration.PAPER[name]
+        print(
+            f"{name:<26}" + "".join(f"{f'{metrics[m]:.3f} / {paper[m]:.3f}':>16}" for m in METRICS)
+        )
+        missed = calibration.misses(name, metrics) if labels is not None else []
+        if missed:
+            print(f"{'':<26}outside tolerance: {'; '.join(missed)}")
+        if name == TUNED:
+            tuned = metrics
+    return tuned
+
+
 def broad_population(count: int) -> None:
     """The profiles against the simulator's truth on calibration.population(), a broad mix
     with many near-misses, and the simulated raters' agreement and bias correction there."""
@@ -138,13 +146,7 @@ def broad_population(count: int) -> None:
     mix = Counter(t.error or "correct" for t in population)
     print("  mix:", ", ".join(f"{k} {v / len(population):.0%}" for k, v in mix.most_common()))
     print(f"  judge profiles against the truth at T = {calibration.THRESHOLD} (sim / paper):")
-    print(f"{'profile':<26}" + "".join(f"{m:>16}" for m in METRICS))
-    for name, judge in PROFILES.items():
-        metrics = calibration.judge_metrics(judge, population, name)
-        paper = calibration.PAPER[name]
-        print(
-            f"{name:<26}" + "".join(f"{f'{metrics[m]:.3f} / {paper[m]:.3f}':>16}" for m in METRICS)
-        )
+    profile_table(population)
 
     print("\nsimulated human raters on it (2-4 per triplet, the default pool):")
     ratings = raters.rate(truth, raters.RaterPool(), seed=0)

@@ -246,7 +246,7 @@ def test_the_paper_shaped_population_spreads_like_the_papers_validation_set():
     triplets, labels = paper_shaped()
     shares = calibration.bucket_shares(labels)  # the paper's buckets are of its labels
     for k, scale in enumerate(("instruction", "aesthetics")):
-        paper = np.array(calibration.PAPER_TRUE_SHARES[scale])
+        paper = np.array(calibration.paper_label_shares(scale))
         assert np.abs(shares[k] - paper).max() <= 0.07, (scale, shares[k].round(3))
     assert 0.33 <= np.mean((labels > 4.0).all(axis=1)) <= 0.48  # paper: ~42 %
     # the two scores go together: more positives than independent scores would give

@@ -127,12 +127,6 @@ PAPER_CONFUSION = {
         (0, 4, 16, 26, 8, 118),
     ),
 }
-# The set by label bucket: the row totals above, as shares. Instruction adherence is bimodal
-# by design (clear successes and obvious failures, section B.1); aesthetics are broad.
-PAPER_TRUE_SHARES = {
-    "instruction": (0.191, 0.124, 0.171, 0.153, 0.098, 0.263),  # 157 102 141 126 81 217
-    "aesthetics": (0.063, 0.135, 0.264, 0.222, 0.108, 0.208),  # 52 111 218 183 89 172
-}
 # The paper's set came from several editors (its in-house model, Gemini, Grok, SD3; Figure
 # B.2), strong and weak: a strong one makes pretty sources and mostly correct edits, a weak one
 # rough sources and many failures, so the two scores go together (about 42 % of the set is
@@ -217,7 +211,7 @@ def population(
 
 def paper_shaped_population(count: int = 2000, seed: int = 0) -> list[Triplet]:
     """`count` triplets from the SOURCE_MODELS strata: true scores spread over the buckets
-    like the paper's validation set (PAPER_TRUE_SHARES) and going together as its do."""
+    like the paper's validation set (paper_label_shares) and going together as its do."""
     rated = ("noop", "wrong_target", "extra_change", "artefact", "partial", "color_drift")
     triplets: list[Triplet] = []
     for index, (share, errors_times, roughness) in enumerate(SOURCE_MODELS):
@@ -253,6 +247,14 @@ def confusion(readings: np.ndarray, labels: np.ndarray, scale: int) -> np.ndarra
 def paper_confusion(scale: str) -> np.ndarray:
     counts = np.array(PAPER_CONFUSION[scale], dtype=float)
     return counts / counts.sum(axis=1, keepdims=True)
+
+
+def paper_label_shares(scale: str) -> np.ndarray:
+    """The paper's validation set by label bucket (Figure B.4's row totals), as shares.
+    Instruction adherence is bimodal by design (clear successes and obvious failures, section
+    B.1); aesthetics are broad."""
+    totals = np.array(PAPER_CONFUSION[scale], dtype=float).sum(axis=1)
+    return totals / totals.sum()
 
 
 def triplet(source: bytes, edited: bytes, instruction: str) -> Triplet:
@@ -321,11 +323,10 @@ def judge_metrics(
     }
 
 
-def misses(name: str, metrics: dict[str, float], keys: tuple[str, ...] | None = None) -> list[str]:
-    """The paper's figures (those in `keys`; default all) a profile's metrics miss by more
-    than the tolerance."""
+def misses(name: str, metrics: dict[str, float]) -> list[str]:
+    """The paper's figures a profile's metrics miss by more than the tolerance."""
     return [
         f"{key} {metrics[key]:.3f} (paper {target:.3f} +- {TOLERANCE[key]})"
         for key, target in PAPER[name].items()
-        if (keys is None or key in keys) and abs(metrics[key] - target) > TOLERANCE[key]
+        if abs(metrics[key] - target) > TOLERANCE[key]
     ]
