@@ -82,6 +82,10 @@ def main() -> None:
         help="positive label: both scores above this (the paper's 4.0)",
     )
     args = parser.parse_args()
+    if not 0 < args.target <= 1:
+        parser.error(f"--target is a precision in (0, 1], not {args.target}")
+    if min(args.raters) < 1 or min(args.prompts or 1, args.calibration_prompts or 1) < 1:
+        parser.error("--raters, --prompts and --calibration-prompts must be at least 1")
     work = Path(tempfile.mkdtemp(prefix="nhr-category-thresholds-"))
     try:
         run(work, args)

@@ -51,6 +51,10 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, help="an existing quickstart run")
     parser.add_argument("--population", type=int, default=2000)
     args = parser.parse_args()
+    if args.population < 100:  # fewer leaves rater batches without pairs to compare
+        parser.error(f"--population must be at least 100, not {args.population}")
+    if args.run_dir is not None and not (args.run_dir / "config.yaml").is_file():
+        parser.error(f"--run-dir {args.run_dir} is not an nhr run directory (no config.yaml)")
 
     tuned = paper_protocol(args.population)
     broad_population(args.population)
