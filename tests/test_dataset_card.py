@@ -1,13 +1,16 @@
 """The dataset card (RUN/dataset/README.md and the `hf` export's): Hugging Face metadata that
 huggingface_hub's card loader reads, models, thresholds, survival, counts, loading and
-citation; and `nhr export --push-to-hub REPO [--private]` against a local stand-in Hub."""
+citation; and `nhr export --push-to-hub REPO [--private]` through the real huggingface_hub and
+datasets code, against a local HTTP server that speaks the Hub's API (tests/local_hub.py)."""
 
+import re
 import shutil
 
 import pytest
 import yaml
 
 from helpers import dataset_rows
+from local_hub import LocalHub, forbid_network, use_hub
 from nhr.cli import main
 from nhr.store import RunStore
 
@@ -69,71 +72,61 @@ def test_a_bad_license_is_a_clear_config_error():
         parse_config({"models": "sim", "export": {"license": "Apache 2.0"}})
 
 
-class LocalHub:
-    """Stands in for the Hub, no network: repositories are folders. `datasets` pushes through
-    `DatasetDict.push_to_hub` (which, like the Hub's, keeps an existing README) and the card
-    goes up through `huggingface_hub.HfApi`."""
-
-    def __init__(self, root, monkeypatch):
-        import datasets
-        import huggingface_hub
-
-        self.root = root
-        self.private = {}
-        hub = self
-
-        def create_repo(api, repo_id, *, repo_type=None, private=None, exist_ok=False, **_):
-            assert repo_type == "dataset"
-            (hub.root / repo_id).mkdir(parents=True, exist_ok=True)
-            hub.private[repo_id] = bool(private)
-
-        def upload_file(api, *, path_or_fileobj, path_in_repo, repo_id, repo_type=None, **_):
-            assert repo_type == "dataset" and repo_id in hub.private, "no repository yet"
-            target = hub.root / repo_id / path_in_repo
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(path_or_fileobj)
-
-        def push_to_hub(dataset_dict, repo_id, private=None, **_):
-            hub.private.setdefault(repo_id, bool(private))
-            for split, dataset in dataset_dict.items():
-                folder = hub.root / repo_id / "data"
-                folder.mkdir(parents=True, exist_ok=True)
-                dataset.to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
-
-        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-        monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", upload_file)
-        monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", push_to_hub)
-
-
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    return LocalHub(tmp_path / "hub", monkeypatch)
+    """A local Hub (tests/local_hub.py) that the real huggingface_hub and datasets push to."""
+    attempts = forbid_network(monkeypatch)
+    with LocalHub(tmp_path / "hub") as local:
+        use_hub(monkeypatch, local.url, tmp_path / "hf-home")
+        yield local
+    assert local.unknown == [], "requests the local Hub has no route for"
+    assert local.failures == [], "requests the local Hub failed on"
+    assert attempts == [], "connections beyond 127.0.0.1"
 
 
-def test_push_the_run_dataset_with_its_card(licensed_run, hub):
+def test_push_the_run_dataset_with_its_card(licensed_run, hub, tmp_path):
     import datasets
 
     argv = ["export", str(licensed_run), "--push-to-hub", "me/triplets", "--private"]
     assert main(argv) == 0
-    repo = hub.root / "me" / "triplets"
-    assert hub.private == {"me/triplets": True}
+    assert hub.visibility == {"me/triplets": "private"}
+    # nhr's card, then datasets' commit of the shards and the card with its dataset_info
+    assert [summary for _, summary in hub.commits] == ["Dataset card (nhr)", "Upload dataset"]
+    files = hub.files("me/triplets")
+    assert files[0] == "README.md" and files[1:], files
+    assert all(re.fullmatch(r"data/train-\d{5}-of-\d{5}\.parquet", f) for f in files[1:]), files
+    repo = hub.folder("me/triplets")
     card = load_card(repo / "README.md")
     assert card.data.license == "cc-by-4.0"
+    assert card.data.to_dict()["dataset_info"]["splits"][0]["name"] == "train"
     assert card.text == load_card(licensed_run / "dataset" / "README.md").text
-    pushed = datasets.load_dataset(str(repo), cache_dir=str(hub.root / "cache"))["train"]
+    pushed = datasets.load_dataset(str(repo), cache_dir=str(tmp_path / "load-cache"))["train"]
     assert sorted(pushed["sample_id"]) == sorted(r["sample_id"] for r in dataset_rows(licensed_run))
+
+    # the retry the error message suggests: the repository exists, the shards are there already
+    shards = {f: (repo / f).read_bytes() for f in files[1:]}
+    assert main(argv) == 0
+    assert hub.files("me/triplets") == files
+    assert {f: (repo / f).read_bytes() for f in files[1:]} == shards
+    assert load_card(repo / "README.md").data.to_dict() == card.data.to_dict()
 
 
 def test_push_an_hf_export_with_both_splits(mined, hub, tmp_path):
+    import datasets
+
     argv = ["export", str(mined[0]), "--format", "hf", "--split-test", "0.3"]
     assert main([*argv, "--output", str(tmp_path / "hf"), "--push-to-hub", "me/hf"]) == 0
-    assert hub.private == {"me/hf": False}
-    card = load_card(hub.root / "me" / "hf" / "README.md")
+    assert hub.visibility == {"me/hf": "public"}
+    card = load_card(hub.folder("me/hf") / "README.md")
     splits = {f["split"] for f in card.data.to_dict()["configs"][0]["data_files"]}
     assert splits == {"train", "test"}
-    assert {p.name.split("-")[0] for p in (hub.root / "me" / "hf" / "data").iterdir()} == splits
+    data = [f for f in hub.files("me/hf") if f.startswith("data/")]
+    assert {f.removeprefix("data/").split("-")[0] for f in data} == splits
     assert "## Models" in card.text and "2507.14119" in card.text
+    pushed = datasets.load_dataset(str(hub.folder("me/hf")), cache_dir=str(tmp_path / "cache"))
+    assert set(pushed) == splits
+    ids = [i for split in splits for i in pushed[split]["sample_id"]]
+    assert sorted(ids) == sorted(r["sample_id"] for r in dataset_rows(mined[0]))
 
 
 def test_private_needs_push_to_hub(mined, capsys):
@@ -144,18 +137,16 @@ def test_private_needs_push_to_hub(mined, capsys):
 def test_a_hub_that_cannot_be_reached_is_one_line_and_the_export_stays(
     mined, tmp_path, monkeypatch, capsys
 ):
-    import huggingface_hub
-
-    def offline(*args, **kwargs):
-        raise huggingface_hub.errors.OfflineModeIsEnabled("Cannot reach huggingface.co\nmore")
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", offline)
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    attempts = forbid_network(monkeypatch)
+    with LocalHub(tmp_path / "hub") as down:
+        pass  # started and stopped: nothing listens on its port any more
+    use_hub(monkeypatch, down.url, tmp_path / "hf-home")
     out = tmp_path / "hf"
     argv = ["export", str(mined[0]), "--format", "hf", "--output", str(out)]
     assert main([*argv, "--push-to-hub", "me/hf"]) == 2
     # (datasets' own progress lines may come first)
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nhr")]
     assert len(err) == 1 and "pushing to the Hub dataset me/hf failed" in err[0]
-    assert "OfflineModeIsEnabled: Cannot reach huggingface.co" in err[0]
+    assert "ConnectError:" in err[0] and "Connection refused" in err[0]
     assert "Traceback" not in err[0] and (out / "nhr-export.json").exists()
+    assert attempts == []
