@@ -168,9 +168,37 @@ def test_a_large_run_first_prints_the_calls_to_expect(small_config):
     config = parse_config(small_config(run={"prompts": 5000}))
     notice = _large_run_notice(config, "nowhere")
     assert "5,000 prompts" in notice and "reference run" in notice
-    for role, calls in reference_calls(config, 5000).items():
-        assert re.search(rf"^  {role} +{calls:,}$", notice, re.M), role
-    assert reference_calls(config, 5000)["editor"] > 0
+    calls = reference_calls(config, 5000)
+    for label, count in calls.items():
+        assert re.search(rf"^  {re.escape(label)} +{count:,}$", notice, re.M), label
+    assert calls["edit (editor)"] > 0 and calls["design (designer)"] > 0
+    assert re.search(r"^  about [\d,]+ released triplets$", notice, re.M)
+    assert "mine a pilot first" in notice  # the reference's attempts are an assumption
+
+
+def test_the_reference_estimate_follows_the_config(small_config):
+    """Gate and validator samples, a second judge and the pre-filter's checks multiply their
+    stages' calls; an edit budget caps the editor's."""
+    from nhr.analysis.estimate import reference_calls
+    from nhr.config import parse_config
+
+    base = reference_calls(parse_config(small_config(run={"prompts": 5000})), 5000)
+    more = reference_calls(
+        parse_config(
+            small_config(
+                run={"prompts": 5000},
+                plausibility={"samples": 3},
+                validate={"samples": 3, "second_judge": True, "second_judge_rule": "mean"},
+                schedule={"budget": {"edits": 100}},
+                models={"second_validator": {"backend": "sim", "model": "other"}},
+            )
+        ),
+        5000,
+    )
+    assert more["plausibility (gate)"] == 3 * base["plausibility (gate)"]
+    assert more["edit (editor)"] == 100
+    judged = more["validate (validator, second_validator)"] / more["edit (editor)"]
+    assert judged > 5.9 * base["validate (validator)"] / base["edit (editor)"]  # 3 samples x 2
 
 
 def test_a_large_run_scales_from_the_finished_run_in_its_directory(mined, small_config):
@@ -182,6 +210,9 @@ def test_a_large_run_scales_from_the_finished_run_in_its_directory(mined, small_
     assert "this run's 16 mined prompts, scaled" in notice
     edit = next(s for s in result.stats["stages"] if s["stage"] == "edit")
     assert re.search(rf"^  edit \(editor\) +{edit['model_calls'] * 100:,}$", notice, re.M)
+    released = result.stats["dataset"]["rows"] * 100
+    assert re.search(rf"^  about {released:,} released triplets$", notice, re.M)
+    assert "pilot" not in notice  # measured: no assumption to warn about
 
 
 def test_mine_prints_the_notice_unless_quiet(tmp_path, small_config, monkeypatch, capsys):
@@ -193,3 +224,17 @@ def test_mine_prints_the_notice_unless_quiet(tmp_path, small_config, monkeypatch
     assert "4 prompts; model calls to expect" in capsys.readouterr().err
     assert main(["mine", config, "--run-dir", str(tmp_path / "b"), "-q"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_report_prints_the_estimate_and_q_only_where_the_report_is(mined, capsys):
+    run_dir, _ = mined
+    assert main(["report", str(run_dir), "--target", "5000"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(
+        r"^  for 5,000 released triplets: about [\d,]+ prompts, [\d,]+ model calls", out, re.M
+    )
+    assert "estimate.json" in out
+    assert main(["report", str(run_dir), "-q"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"report for the finished run: {run_dir / 'report' / 'index.html'}"
+    ]

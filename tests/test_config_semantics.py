@@ -270,3 +270,32 @@ def test_the_run_config_reads_back_under_strict_checks(tiny_run):
     written = yaml.safe_load((tiny_run / "config.yaml").read_text())
     assert set(written["models"]) == set(ROLES)
     assert parse_config(written).to_dict() == written
+
+
+@pytest.mark.parametrize(
+    "export, message",
+    [
+        ({"license": "my-own-licence"}, "not a Hugging Face licence id"),
+        ({"license": "cc-by-4"}, "did you mean cc-by-4.0"),
+        ({"license": "other"}, "other needs export.license_name"),
+        ({"license": "mit", "license_name": "x"}, "go with export.license: other"),
+    ],
+)
+def test_a_licence_the_hub_would_refuse_is_a_config_error(export, message):
+    from nhr.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"models": "sim", "export": export})
+
+
+def test_another_licence_is_named_and_linked_in_the_card_metadata():
+    from nhr.config import parse_config
+    from nhr.exports.card import card_metadata
+
+    export = {"license": "other", "license_name": "lab-licence", "license_link": "LICENSE"}
+    config = parse_config({"models": "sim", "export": export})
+    metadata = card_metadata({"train": 3}, config.export)
+    assert [metadata[k] for k in export] == ["other", "lab-licence", "LICENSE"]
+    assert (
+        card_metadata({"train": 3}, parse_config({"models": "sim"}).export).get("license") is None
+    )

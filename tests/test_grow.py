@@ -94,3 +94,19 @@ def test_a_small_run_of_a_long_cycle_grows_and_never_shrinks(tmp_path, small_con
     assert signature(grown) == signature(one_go) and signature(grown)
     with pytest.raises(RunConfigError, match="run.prompts: 32 -> 8"):  # no shrinking
         nhr.mine(small_config(run={"prompts": 8}), grown, preflight=False)
+
+
+def test_a_report_made_before_growing_is_rebuilt_when_the_run_finishes(tmp_path, small_config):
+    from nhr.analysis.report import build_report
+
+    run_dir = tmp_path / "run"
+    nhr.mine(grow_config(small_config, 8), run_dir, preflight=False)
+    before = build_report(run_dir, target=500)["released"]
+    nhr.mine(grow_config(small_config, 16), run_dir, preflight=False)
+    stats = json.loads((run_dir / "report" / "stats.json").read_text())
+    grown = stats["dataset"]["rows"]
+    assert grown > before
+    page = (run_dir / "report" / "index.html").read_text()
+    assert f"released: {grown}" in page or f"{grown:,} triplets" in page
+    estimate = json.loads((run_dir / "report" / "estimate.json").read_text())
+    assert estimate["target_released"] == 500 and estimate["measured_released"] == grown

@@ -80,6 +80,27 @@ def test_every_problem_is_named_in_one_message(monkeypatch):
     assert "export NHR_TEST_UNSET_KEY=" in message
 
 
+def test_one_key_missing_for_several_models_is_one_problem():
+    from nhr.preflight import describe
+
+    unset = "GEMINI_API_KEY is not set", "export GEMINI_API_KEY=<your key>"
+    message = describe(
+        [
+            Check("designer, inverter", "key", False, *unset),
+            Check("editor", "key", False, *unset),
+            Check("validator", "server", False, "cannot reach http://x", "start it"),
+            Check("gate, inverter", "key", False, *unset),
+        ]
+    )
+    assert message.splitlines()[:5] == [
+        "preflight found 2 problem(s), so no stage ran:",
+        "  designer, inverter, editor, gate: GEMINI_API_KEY is not set",
+        "    -> export GEMINI_API_KEY=<your key>",
+        "  validator: cannot reach http://x",
+        "    -> start it",
+    ]
+
+
 def test_a_sim_config_needs_no_network(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("a sim-only preflight asked the network")

@@ -79,6 +79,10 @@ def mine(
         from nhr.preflight import run_preflight
 
         run_preflight(config)
+    if progress:
+        from nhr.executors.base import progress_every
+
+        progress_every()  # a bad NHR_PROGRESS_EVERY stops here, before anything is created
     executor = executor or config.run.executor
     check_redo_from(config, redo_from)  # before anything is created
     store = RunStore(run_dir)

@@ -69,7 +69,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--target",
         type=_positive_int,
         default=100_000,
-        help="dataset size for the compute estimate (at least 1)",
+        help="dataset size for the compute estimate (at least 1; default 100,000)",
     )
 
     doctor = commands.add_parser(
@@ -409,34 +409,45 @@ LARGE_RUN_PROMPTS = 1_000
 
 
 def _large_run_notice(config, run_dir: str) -> str | None:
-    """The compute estimate up front: expected model calls per role (per stage, with its
-    roles, when the run directory holds a finished smaller run to scale from)."""
+    """The compute estimate up front: expected model calls per stage and its roles, and the
+    triplets they should release, from a finished smaller run in the run directory (a pilot)
+    or else from the reference run's rates."""
     if config.run.prompts <= LARGE_RUN_PROMPTS:
         return None
-    from nhr.analysis.estimate import REFERENCE_ATTEMPTS, REFERENCE_RELEASED, reference_calls
+    from nhr.analysis.estimate import reference_calls, reference_released
 
     prompts = config.run.prompts
     measured = _measured_calls(config, run_dir)
     if measured is not None:
-        source, calls = measured
+        source, calls, released = measured
+        notes = []
     else:
         source = "the reference run's survival rates (docs/method.md §5), this config's N, M, B"
         calls = reference_calls(config, prompts)
+        released = reference_released(config, prompts)
+        notes = [
+            "  editor attempts assume the reference's 5.96 per gated source (its edit budget);",
+            "  with every job scheduled a run makes (edits per prompt) x M per gated source,",
+            "  and the pre-filter's figure is its most (one per check). For your own models'",
+            "  figures, mine a pilot first (--prompts 100, same --run-dir): this notice then",
+            "  scales from it, and the run grows to the full size keeping what it mined.",
+        ]
+    width = max(len(label) for label in calls) + 2
     lines = [f"nhr: {prompts:,} prompts; model calls to expect, from {source}:"]
-    lines += [f"  {name:<24}{count:>14,}" for name, count in calls.items()]
-    if measured is None and "editor" in calls:
-        released = round(calls["editor"] * REFERENCE_RELEASED / REFERENCE_ATTEMPTS)
-        lines.append(f"  about {released:,} released triplets at the reference's yield")
+    lines += [f"  {label:<{width}}{count:>14,}" for label, count in calls.items()]
+    lines.append(f"  about {released:,} released triplets")
+    lines += notes
     lines.append("  (before retries; `nhr report RUN --target N` estimates from a finished run)")
     return "\n".join(lines)
 
 
-def _measured_calls(config, run_dir: str) -> tuple[str, dict[str, int]] | None:
-    """Calls per stage of the finished run in `run_dir`, scaled to this config's prompts."""
+def _measured_calls(config, run_dir: str) -> tuple[str, dict[str, int], int] | None:
+    """Calls per stage of the finished run in `run_dir`, scaled to this config's prompts, and
+    the triplets that scale to."""
     import json
 
+    from nhr.analysis.estimate import stage_label
     from nhr.config import ConfigError, parse_config
-    from nhr.pipeline import build_stages
     from nhr.stages.design import design_batches
     from nhr.storage import StorageSetupError
     from nhr.store import RunDirError, RunStore
@@ -450,19 +461,18 @@ def _measured_calls(config, run_dir: str) -> tuple[str, dict[str, int]] | None:
     if not stats.get("complete"):
         return None
     scale = config.run.prompts / old.run.prompts
-    roles = {stage.name: stage.roles for stage in build_stages(config)}
     calls = {}
     for stage in stats["stages"]:
-        if not stage.get("model_calls") or stage["stage"] not in roles:
+        if not stage.get("model_calls"):
             continue
         factor = scale
         if stage["stage"] == "design":
             factor = design_batches(config, config.run.prompts) / design_batches(
                 old, old.run.prompts
             )
-        label = f"{stage['stage']} ({', '.join(roles[stage['stage']])})"
-        calls[label] = round(stage["model_calls"] * factor)
-    return f"this run's {old.run.prompts:,} mined prompts, scaled", calls
+        calls[stage_label(config, stage["stage"])] = round(stage["model_calls"] * factor)
+    released = round(((stats.get("dataset") or {}).get("rows") or 0) * scale)
+    return f"this run's {old.run.prompts:,} mined prompts, scaled", calls, released
 
 
 def _nothing_mined(stats: dict) -> str:
@@ -499,6 +509,8 @@ def _report(args: argparse.Namespace) -> int:
     # finished, mining (a live miner holds the lock) or stopped (resume with `nhr mine`)
     state = f"{summary['state']} run" + ("" if summary["complete"] else " (partial numbers)")
     print(f"report for the {state}: {store.where('report/index.html')}")
+    if getattr(args, "quiet", False):
+        return 0  # -q: where the report is, nothing else
     for row in summary["survival"]:
         change = "" if row["change"] is None else f"{row['change']:+.1%}"
         print(f"  {row['step']:<30}{change:>9}{row['remaining']:>10,} {row['unit']}")
@@ -507,6 +519,14 @@ def _report(args: argparse.Namespace) -> int:
     suggested = summary["survival_curve"]["suggested_threshold"]
     if suggested is not None:
         print(f"  suggested validator threshold (knee midpoint): {suggested:.2f}")
+    estimate = summary["estimate"]
+    if estimate is not None:
+        print(
+            f"  for {estimate['target_released']:,} released triplets: about "
+            f"{estimate['prompts_needed']:,} prompts, "
+            f"{estimate['calls_per_released'] * estimate['target_released']:,.0f} model calls "
+            f"(per stage: {store.where('report/estimate.json')})"
+        )
     return 0
 
 

@@ -12,8 +12,8 @@ in a setting that changes rows already mined.
 
 from __future__ import annotations
 
+import difflib
 import math
-import re
 import types
 import typing
 from pathlib import Path
@@ -824,17 +824,65 @@ class ExportSection(_Section):
         "unset, the card says none was chosen",
         json_schema_extra=affects("export"),
     )
+    license_name: str | None = Field(
+        None,
+        description="with license: other, the licence's short name (the card's license_name, "
+        "which the Hub asks for), e.g. my-lab-research-licence",
+        json_schema_extra=affects("export"),
+    )
+    license_link: str | None = Field(
+        None,
+        description="with license: other, where its text is (the card's license_link: a URL, "
+        "or LICENSE for a file you add to the dataset repository)",
+        json_schema_extra=affects("export"),
+    )
 
     @field_validator("license")
     @classmethod
     def _licence_id(cls, value: str | None) -> str | None:
-        # the Hub's licence ids are lowercase words joined by '-' or '.' (cc-by-nc-sa-4.0)
-        if value is not None and not re.fullmatch(r"[a-z0-9]+(?:[-.][a-z0-9]+)*", value):
+        # the Hub refuses a card whose licence id it does not know: refuse it here, before
+        # a run is mined and pushed, rather than at `--push-to-hub`
+        if value is not None and value not in HUB_LICENSES:
+            close = difflib.get_close_matches(value.lower(), sorted(HUB_LICENSES), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(
-                f"{value!r} is not a Hugging Face licence id: lowercase letters, digits, '-' and "
-                "'.', e.g. apache-2.0, cc-by-4.0 or other"
+                f"{value!r} is not a Hugging Face licence id{hint}; use one of the Hub's ids "
+                "(apache-2.0, mit, cc-by-4.0, cc-by-nc-4.0, ...), or `other` with "
+                "export.license_name and export.license_link"
             )
         return value
+
+    @model_validator(mode="after")
+    def _other_licence_is_named(self) -> ExportSection:
+        if self.license == "other" and not self.license_name:
+            raise ValueError(
+                "export.license: other needs export.license_name (and export.license_link, "
+                "where its text is): the Hub shows the name on the dataset page"
+            )
+        if self.license != "other" and (self.license_name or self.license_link):
+            raise ValueError(
+                "export.license_name and export.license_link go with export.license: other "
+                f"(the licence {self.license!r} is known to the Hub by its id)"
+            )
+        return self
+
+
+# The licence ids the Hugging Face Hub accepts in a card's `license` field (its documentation,
+# "Licenses"); any other licence is `other` with a name and a link.
+HUB_LICENSES = frozenset(
+    """
+    apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m
+    bigscience-bloom-rail-1.0 bigcode-openrail-m afl-3.0 artistic-2.0 bsl-1.0 bsd
+    bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5
+    cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0
+    cc-by-nd-4.0 cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0
+    cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0
+    epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl
+    lgpl-2.1 lgpl-3.0 isc lppl-1.3c ms-pl mpl-2.0 odc-by odbl openrail++ osl-3.0 postgresql
+    ofl-1.1 ncsa unlicense zlib pddl lgpl-lr deepfloyd-if-license llama2 llama3 llama3.1
+    llama3.2 llama3.3 gemma unknown other
+    """.split()
+)
 
 
 class NhrConfig(_Section):

@@ -53,10 +53,16 @@ def run_preflight(config: NhrConfig, *, timeout: float = TIMEOUT_S) -> list[Chec
 
 
 def describe(problems: list[Check]) -> str:
-    lines = [f"preflight found {len(problems)} problem(s), so no stage ran:"]
+    """One entry per distinct problem, naming every role it stops: a key that is not set is
+    checked once per model, but it is one thing to fix."""
+    merged: dict[tuple[str, str], list[str]] = {}
     for check in problems:
-        lines.append(f"  {check.roles}: {check.detail}")
-        if check.fix:
-            lines.append(f"    -> {check.fix}")
+        roles = merged.setdefault((check.detail, check.fix or ""), [])
+        roles += [role for role in check.roles.split(", ") if role not in roles]
+    lines = [f"preflight found {len(merged)} problem(s), so no stage ran:"]
+    for (detail, fix), roles in merged.items():
+        lines.append(f"  {', '.join(roles)}: {detail}")
+        if fix:
+            lines.append(f"    -> {fix}")
     lines.append("(`nhr doctor CONFIG` shows every check; --skip-preflight mines anyway)")
     return "\n".join(lines)

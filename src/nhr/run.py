@@ -205,11 +205,42 @@ def export(store: RunStore, config: NhrConfig, force: bool = False) -> None:
 
 
 def finish_run(store: RunStore, config: NhrConfig, reexport: bool = False) -> dict[str, Any]:
-    """Export, then write and return report/stats.json."""
+    """Export, then write and return report/stats.json; a report `nhr report` wrote before
+    (of a stopped run, or of the run before it grew) is rebuilt, so it never describes a run
+    that no longer exists."""
     export(store, config, force=reexport)
     stats = collect_stats(store, config)
     store.write_json("report/stats.json", stats)
+    if store.storage.exists(REPORT_PAGE):
+        refresh_report(store)
     return stats
+
+
+REPORT_PAGE = "report/index.html"
+
+
+def refresh_report(store: RunStore) -> None:
+    """Rebuild the report for the target it was made for. The run itself is finished and
+    kept whatever happens here: a report that cannot be rebuilt is a warning."""
+    import json
+    import logging
+
+    from nhr.analysis.report import build_report
+
+    try:
+        estimate = json.loads(store.storage.read_bytes("report/estimate.json"))
+        target = int(estimate["target_released"])
+    except (OSError, ValueError, KeyError, TypeError):
+        target = None  # no estimate was written (nothing released then): the default target
+    try:
+        build_report(store.root, **({"target": target} if target else {}))
+    except Exception as error:  # noqa: BLE001 - the mined data must not depend on the page
+        logging.getLogger(__name__).warning(
+            "the report in %s could not be rebuilt (%s: %s); run `nhr report` on the run",
+            store.where("report"),
+            type(error).__name__,
+            error,
+        )
 
 
 def collect_stats(store: RunStore, config: NhrConfig) -> dict[str, Any]:

@@ -81,8 +81,12 @@ REFERENCE_ATTEMPTS_PER_SOURCE = REFERENCE_ATTEMPTS / REFERENCE_SOURCES
 
 
 def reference_calls(config: NhrConfig, prompts: int) -> dict[str, int]:
-    """Model calls per role to expect for `prompts` prompts before anything is mined: the
-    config's N, M, B and budget, and the reference run's survival rates per stage."""
+    """Model calls per stage to expect for `prompts` prompts before anything is mined, keyed
+    like `stage_label` ("edit (editor)"): this config's N, M, B, budget and sampling, and the
+    reference run's survival rates per stage. Editor attempts per gated source are the
+    reference's (its edit budget): without a budget a run makes as many as its designer writes
+    edits per prompt, times M, which only a pilot run measures. The pre-filter's checks run
+    one after another on the candidates still in: the count is at most one per check."""
     from nhr.analysis.survival import REFERENCE_CHANGE as ref
 
     sources = prompts * config.generate.images_per_prompt
@@ -93,20 +97,40 @@ def reference_calls(config: NhrConfig, prompts: int) -> dict[str, int]:
         attempts = min(attempts, budget.edits)
     if budget.cost is not None and budget.cost_per_megapixel == 0 and budget.cost_per_edit > 0:
         attempts = min(attempts, budget.cost / budget.cost_per_edit)
+    prefilter = config.prefilter
+    checks = sum((prefilter.score, prefilter.unwanted_changes, prefilter.aesthetics))
     validated = attempts * (1 + ref["pre-filter (VLM)"]) * (1 + ref["low-level check"])
+    validate = config.validate_
+    judged = validated * validate.samples
+    if validate.second_judge:  # the second judge: every candidate (mean) or the passes
+        judged *= 2 if validate.second_judge_rule == "mean" else 1 + (1 + ref["validator"])
     forward = validated * (1 + ref["validator"]) * (1 + ref["best-of selection"])
     calls = {
-        "designer": design_batches(config, prompts),
-        "generator": sources,
-        "gate": sources,
-        "editor": attempts,
-        "prefilter": attempts,  # candidates: each gets the pre-filter's checks
-        "validator": validated,
+        "design": design_batches(config, prompts),
+        "generate": sources,
+        "plausibility": sources * config.plausibility.samples if config.plausibility.enabled else 0,
+        "edit": attempts,
+        "prefilter": attempts * checks,
+        "validate": judged,
     }
     if config.invert.enabled:
-        calls["inverter"] = forward
+        calls["invert"] = forward
         if config.backward.enabled:
-            calls["validator"] += forward  # every inverse is scored
+            calls["backward"] = forward  # every inverse is scored
         if config.compose.enabled and config.compose.revalidate:
-            calls["validator"] += forward * (1 + ref["inversion"]) * ref["composition"]
-    return {role: round(count) for role, count in calls.items()}
+            calls["compose"] = forward * (1 + ref["inversion"]) * ref["composition"]
+    return {stage_label(config, stage): round(n) for stage, n in calls.items() if n}
+
+
+def reference_released(config: NhrConfig, prompts: int) -> int:
+    """Released triplets to expect at the reference run's yield per editor attempt."""
+    attempts = reference_calls(config, prompts).get(stage_label(config, "edit"), 0)
+    return round(attempts * REFERENCE_RELEASED / REFERENCE_ATTEMPTS)
+
+
+def stage_label(config: NhrConfig, stage: str) -> str:
+    """ "edit (editor)": a stage and the model roles it calls."""
+    from nhr.pipeline import build_stages
+
+    roles = {s.name: s.roles for s in build_stages(config)}.get(stage)
+    return f"{stage} ({', '.join(roles)})" if roles else stage

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from abc import ABC, abstractmethod
@@ -246,8 +247,20 @@ class StageAdapter:
         return marker
 
 
-# Seconds between progress lines when stderr is not a terminal (a log file, a batch job).
-PROGRESS_EVERY_S = float(os.environ.get("NHR_PROGRESS_EVERY", "30"))
+def progress_every() -> float:
+    """Seconds between progress lines when stderr is not a terminal (a log file, a batch
+    job): NHR_PROGRESS_EVERY, default 30. `nhr.mine` reads it before the run directory is
+    touched, so a bad value is one clear error, not a traceback mid-run."""
+    from nhr.config import ConfigError
+
+    raw = os.environ.get("NHR_PROGRESS_EVERY", "30")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"NHR_PROGRESS_EVERY must be a positive number of seconds, not {raw!r}")
+    return seconds
 
 
 class Progress:
@@ -277,7 +290,7 @@ class Progress:
         self.counts_items = counts_items
         self.count = 0
         self.stream = stream if stream is not None else sys.stderr
-        self.every = PROGRESS_EVERY_S if every is None else every
+        self.every = progress_every() if every is None else every
         self.started = self.last_line = time.monotonic()
         self.bar = None
         if _is_terminal(self.stream):
@@ -322,7 +335,9 @@ class Progress:
         share = self.done / self.total if self.total else 1.0
         parts = [f"{self.stage}: {self.done:,}/{self.total:,} {self.unit}s ({share:.0%})"]
         if not self.counts_items:
-            parts.append(f"{self.count:,} items")
+            # items are this process's: a resumed stage does not re-read what it finished
+            since = " since resuming" if self.start_done else ""
+            parts.append(f"{self.count:,} items{since}")
         made = self.done - self.start_done
         if final:
             parts.append(f"done in {_duration(elapsed)}")
@@ -342,9 +357,13 @@ class Progress:
 
 
 def _is_terminal(stream: Any) -> bool:
+    """A terminal a bar can be drawn on: one that reports no width (a pty whose size was
+    never set) gets the log lines, since tqdm would print empty lines there."""
     try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        if not stream.isatty():
+            return False
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):  # no isatty or fileno, a closed stream
         return False
 
 

@@ -44,11 +44,16 @@ def size_category(rows: int) -> str:
     return "n>10M"
 
 
-def card_metadata(splits: dict[str, int], license_id: str | None) -> dict[str, Any]:
-    """The YAML header as a dict: `configs` names each non-empty split's files."""
+def card_metadata(splits: dict[str, int], export: Any) -> dict[str, Any]:
+    """The YAML header as a dict: the licence of `export` (the config's export section; with
+    `other`, its name and link), and `configs` naming each non-empty split's files."""
     metadata: dict[str, Any] = {}
-    if license_id:
-        metadata["license"] = license_id
+    if export.license:
+        metadata["license"] = export.license
+    if export.license_name:
+        metadata["license_name"] = export.license_name
+    if export.license_link:
+        metadata["license_link"] = export.license_link
     metadata.update(
         pretty_name=PRETTY_NAME,
         task_categories=TASK_CATEGORIES,
@@ -155,14 +160,22 @@ def dataset_card(
 
     rows = sum(splits.values())
     header = yaml.safe_dump(
-        card_metadata(splits, config.export.license), sort_keys=False, allow_unicode=True
+        card_metadata(splits, config.export), sort_keys=False, allow_unicode=True
     )
     split_lines = ["| split | rows |", "|---|---:|"]
     split_lines += [f"| {split} | {count:,} |" for split, count in splits.items() if count]
+    export = config.export
+    named = (
+        f"{export.license_name} (`other`"
+        + (f"; its text: {export.license_link}" if export.license_link else "")
+        + ")"
+        if export.license == "other"
+        else f"`{export.license}`"
+    )
     licence = (
-        f"Licence: `{config.export.license}` (set by the miner in `export.license`). The terms "
+        f"Licence: {named} (set by the miner in `export.license`). The terms "
         "of the models below may also apply to their outputs."
-        if config.export.license
+        if export.license
         else "No licence was chosen (`export.license` is unset): set one before publishing. "
         "The terms of the models below may also apply to their outputs."
     )
