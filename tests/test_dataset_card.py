@@ -55,6 +55,13 @@ def test_card_metadata_is_read_by_huggingface_hub(mined):
     assert "| plausibility gate |" in text and "| released |" in text  # the survival table
     for title in ("kind", "category", "style"):
         assert f"| {title} | triplets |" in text
+    # the pre-filter's rules, not only the validator's (what low_prefilter_scores compared with)
+    prefilter = {"min_adherence": 3.5, "min_aesthetics": 3.5, **config.get("prefilter", {})}
+    assert (
+        f"- pre-filter scores: adherence >= {prefilter['min_adherence']:g} and aesthetics >= "
+        f"{prefilter['min_aesthetics']:g}"
+    ) in text
+    assert "- low-level check: at least" in text and "- pre-filter yes/no:" in text
     assert "datasets.load_dataset(" in text
     assert "eprint = {2507.14119}" in text and "@misc{" in text
 
@@ -150,3 +157,17 @@ def test_a_hub_that_cannot_be_reached_is_one_line_and_the_export_stays(
     assert "ConnectError:" in err[0] and "Connection refused" in err[0]
     assert "Traceback" not in err[0] and (out / "nhr-export.json").exists()
     assert attempts == []
+
+
+def test_card_categories_are_ordered_like_the_report(mined):
+    """Single operations first, then composites "A & B", each alphabetically: the report's
+    order (nhr.analysis.report.category_sort_key), not one alphabetical list."""
+    from nhr.analysis.report import category_sort_key
+
+    text = load_card(mined[0] / "dataset" / "README.md").text
+    table = text[text.index("| category | triplets |") :].split("\n\n", 1)[0]
+    categories = [line.split(" | ")[0].removeprefix("| ") for line in table.splitlines()[2:]]
+    composite = [" & " in category for category in categories]
+    assert any(composite) and not all(composite)
+    assert composite == sorted(composite)  # no composite before a single operation
+    assert categories == sorted(categories, key=category_sort_key)

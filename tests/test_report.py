@@ -233,9 +233,9 @@ def test_rejected_examples_cover_every_rejecting_stage(report):
     # select's pairs where nothing passed, and its best-of losers, which no table keeps as rows
     assert 'id="rejected-select"' in section and "no_candidate_passed" in section
     if ("select", "not_best") in {(r["stage"], r["reason"]) for r in summary["reasons"]}:
-        assert "rejected: not_best" in section
+        assert "dropped: not_best" in section
     assert "adherence None" not in page
-    if "rejected: no_op" in section:  # a no-op shows why, not empty scores
+    if "dropped: no_op" in section:  # a no-op shows why, not empty scores
         assert "no-op: the edit changed no pixel" in section
     # cards carry the sample id: the released ids shown are ids of the dataset
     shown = set(re.findall(r'<p class="meta id">id ([0-9a-f]+)</p>', page))
@@ -290,12 +290,88 @@ def test_report_on_a_run_still_in_progress(report, tmp_path):
     assert "stopped before the end" in (copy / "report" / "report.md").read_text()
     page = (copy / "report" / "index.html").read_text()
     assert '<span class="state stopped">' in page and "still mining" not in page
+    # the badge says the state once, the words go on after it
+    assert '<span class="state stopped">stopped</span> before the end; run' in page
     full = finished["survival_curve"]["pool"]
     assert 0 < summary["survival_curve"]["pool"] < full  # only finished shards are read
     # a live miner holding the lock makes it "mining"
     (copy / ".lock").write_text(json.dumps({"pid": os.getpid()}))
     assert build_report(copy)["state"] == "mining"
-    assert '<span class="state mining">' in (copy / "report" / "index.html").read_text()
+    page = (copy / "report" / "index.html").read_text()
+    assert f'<span class="state mining">mining</span> (pid {os.getpid()})' in page
+
+
+def test_report_before_the_validator_ran(report, tmp_path):
+    """A run stopped while editing: the stages it did not reach say so instead of counting 0,
+    no operation has a pass rate, and S(T) of an empty pool is not drawn."""
+    run_dir, _ = report
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)  # with the finished run's report, plot and thumbnails
+    shutil.rmtree(copy / "stages" / "export")
+    shutil.rmtree(copy / "dataset")
+    for stage in ("prefilter", "validate", "select", "invert", "backward", "compose"):
+        for marker in (copy / "stages" / stage).glob("shard-*.done.json"):
+            marker.unlink()
+    summary = build_report(copy)
+    reached = {row["step"]: row["reached"] for row in summary["survival"]}
+    assert reached["edit attempts"] and not reached["validator"]
+    assert not any(reached[step] for step in ("low-level check", "best-of selection"))
+    page = (copy / "report" / "index.html").read_text()
+    survival = page[page.index('id="survival"') : page.index('id="curve"')]
+    assert "not reached yet" in survival and "<td class=n>0 candidates</td>" not in survival
+    assert "| validator |  | not reached yet |" in (copy / "report" / "report.md").read_text()
+    # nothing judged: no pass rate, shown as "–" rather than 0.0 %
+    assert all(c["pass_rate"] is None for c in summary["categories"])
+    categories = page[page.index('id="categories"') : page.index('id="reasons"')]
+    assert "<td class=n>–</td>" in categories and "0.0%" not in categories
+    # an empty pool: a note, no plot (the finished run's PNG is removed, not left stale)
+    assert summary["survival_curve"]["pool"] == 0
+    assert 'id="no-pool"' in page and "survival_curve.png" not in page
+    assert not (copy / "report" / "survival_curve.png").exists()
+
+
+def test_knees_are_given_with_the_share_of_the_pool_they_keep(report):
+    run_dir, summary = report
+    curve = summary["survival_curve"]
+    if curve["knees"] is None:
+        pytest.skip("no cliff on this run")
+    page = (run_dir / "report" / "index.html").read_text()
+    for knee, share in zip(curve["knees"], curve["knee_shares"]):
+        index = curve["thresholds"].index(knee)
+        assert share == curve["survival"][index]
+    first, second = curve["knee_shares"]
+    assert f"S(T) keeps {first:.1%} and {second:.1%} of the validated pool" in page
+    assert f"down by {1 - first:.1%} and {1 - second:.1%}" in page
+
+
+def test_curve_shows_coinciding_thresholds_and_what_s_is_at_the_knees():
+    """The quickstart's configured 4.7 is also the suggested threshold: both lines are drawn
+    distinguishably and the legend says they coincide; each knee is labelled with S there."""
+    import numpy as np
+
+    from nhr.analysis.report import curve_figure
+    from nhr.analysis.thresholds import Knees, grid
+
+    thresholds = grid()
+    curve = np.clip(1.2 - 0.2 * thresholds, 0, 1)
+    curve[thresholds >= 4.5 - 1e-9] *= 0.6
+    curve[thresholds >= 4.9 - 1e-9] *= 0.4
+    figure = curve_figure(thresholds, curve, Knees(4.5, 4.9, -0.45, -0.62, 4.7), (4.7, 4.7))
+    axis = figure.axes[0]
+    lines = {line.get_label(): line for line in axis.get_lines()}
+    configured = lines["configured T = 4.7"]
+    suggested = lines["suggested T = 4.70 (= configured)"]
+    # a wide band under a thin dashed line: the one does not hide the other
+    assert configured.get_linewidth() > 2 * suggested.get_linewidth()
+    assert suggested.get_linestyle() == "--" and suggested.get_zorder() > configured.get_zorder()
+    legend = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert "suggested T = 4.70 (= configured)" in legend
+    assert "knees (steepest falls of S)" in legend
+    at = {round(float(t), 1): float(v) for t, v in zip(thresholds, curve)}
+    assert [text.get_text() for text in axis.texts] == [
+        f"knee 4.50\nS = {at[4.5]:.1%}",
+        f"knee 4.90\nS = {at[4.9]:.1%}",
+    ]
 
 
 def test_yield_cost_of_the_suggested_threshold():
@@ -369,3 +445,299 @@ def test_unknown_and_extra_stages_are_reported_not_refused():
         ("judge_two", "second_judge_disagrees", 1),
     ]
     assert reasons[1]["meaning"] == "second_judge_disagrees"  # unknown: shown as it is
+
+
+def test_rejected_examples_use_the_drops_table_names_and_counts(report):
+    """Each stage's tally in the rejected section names its reasons as the drops table does,
+    with the same counts; where its rows count something else, the tally says what."""
+    run_dir, summary = report
+    page = (run_dir / "report" / "index.html").read_text()
+    counted = {(r["stage"], r["outcome"], r["reason"]): r["count"] for r in summary["reasons"]}
+    tallies = dict(
+        re.findall(r'<h3 id="rejected-([^"]+)">[^<]*</h3><p class="note tally">([^<]*)</p>', page)
+    )
+    assert {"prefilter", "select", "backward"} <= set(tallies)
+    for stage, tally in tallies.items():
+        for entry in html.unescape(tally).split("; "):
+            outcome, reason, count, note = re.fullmatch(
+                r"(\w+): (\S+) ([\d,]+)(.*)", entry
+            ).groups()
+            if note:  # told apart: what the rows are, and what the drops table counts
+                assert re.match(
+                    r" (attempts|pairs) \((the drops table counts|not in the drops table)", note
+                )
+            else:
+                assert counted[(stage, outcome, reason)] == int(count.replace(",", "")), entry
+    # the backward filter's drops per kind of triplet, as its statistics count them
+    assert "forward_backward_inconsistent" in tallies["backward"]
+    assert "dropped: backward_inconsistent" not in page
+    assert "dropped: forward_backward_inconsistent — forward triplet dropped" in html.unescape(page)
+    # select's pairs with nothing passing are no drop of select: said so
+    assert "no_candidate_passed" in tallies["select"] and "pairs (not in the drops table" in (
+        html.unescape(tallies["select"])
+    )
+
+
+def test_rows_counted_apart_from_the_statistics_say_what_they_count():
+    """compose's rejected rows are attempts (a pair tries several image combinations), its
+    statistics count pairs; the backward filter's rows take the names its statistics count."""
+    from nhr.analysis.rejections import collect_rejections
+    from nhr.analysis.report_page import _tally
+
+    def triplet(tid, kind, reason, parents=()):
+        return {
+            "triplet_id": tid,
+            "kind": kind,
+            "status": "dropped",
+            "reason": reason,
+            "parents": list(parents),
+        }
+
+    tables = {
+        "backward": [
+            triplet("f1", "forward", "backward_inconsistent"),
+            triplet("i1", "inverse", "backward_inconsistent", ["f1"]),
+            triplet("f2", "forward", "inverse_unavailable"),
+            triplet("c0", "composite", "parent_dropped", ["f1", "f3"]),
+        ],
+        "compose": [triplet(f"c{n}", "composite", "composite_rejected") for n in range(1, 4)],
+    }
+    found = collect_rejections(list(tables), tables.__getitem__)
+    assert [row["reason"] for row in found.by_stage["backward"]] == [
+        "forward_backward_inconsistent",
+        "inverse_backward_inconsistent",
+        "forward_inverse_unavailable",
+        "composite_parent_dropped",
+    ]
+    summary = {
+        "reasons": [
+            {"stage": "compose", "outcome": "dropped", "reason": "composite_rejected", "count": 1}
+        ]
+    }
+    assert _tally("compose", found.by_stage["compose"], summary).startswith(
+        "dropped: composite_rejected 3 attempts (the drops table counts 1 pairs, each once, by "
+        "the outcome of its last attempt"
+    )
+    summary["reasons"][0]["count"] = 3  # one try per pair: the same count, nothing to say
+    assert _tally("compose", found.by_stage["compose"], summary) == "dropped: composite_rejected 3"
+
+
+# Calls that record a reason, and which positional argument it is.
+REASON_ARGUMENT = {"drop": 0, "fail": 0, "Failure": 0, "BackendError": 0, "transient": 0,
+                   "TransientBackendError": 0, "PermanentBackendError": 0, "ParseError": 1,
+                   "LowLevelResult": 2, "append": 0}  # fmt: skip
+
+
+def _literal(node, names: dict[str, str]) -> str | None:
+    """The string a reason expression is: a literal, a module constant, or their sum."""
+    import ast
+
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name):
+        return names.get(node.id)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _literal(node.left, names), _literal(node.right, names)
+        return left + right if left is not None and right is not None else None
+    return None
+
+
+def _collect(node, names: dict[str, str], codes: set[str], prefixes: set[str]) -> None:
+    import ast
+
+    if isinstance(node, ast.IfExp):
+        _collect(node.body, names, codes, prefixes)
+        _collect(node.orelse, names, codes, prefixes)
+    elif isinstance(node, ast.JoinedStr):  # f"comparison_{reason}": a prefix
+        if node.values and _literal(node.values[0], names):
+            prefixes.add(_literal(node.values[0], names))
+    elif isinstance(node, (ast.Tuple, ast.List)):
+        for element in node.elts:
+            _collect(element, names, codes, prefixes)
+    elif _literal(node, names) is not None:
+        codes.add(_literal(node, names))
+
+
+def emitted_reasons() -> tuple[set[str], set[str]]:
+    """The reason codes (and "<call>_" prefixes of composed ones) that the stages, the backends
+    and the model-call layer record, read from their source: the literal reason of every
+    drop(...)/fail(...), of a ParseError/BackendError/Failure/LowLevelResult, `reason=...`,
+    `"reason": ...`, a `reason` or `*_reason` assignment, and the *REASONS tuples."""
+    import ast
+    from pathlib import Path
+
+    import nhr
+
+    root = Path(nhr.__file__).parent
+    files = [*(root / "stages").glob("*.py"), *(root / "backends").rglob("*.py")]
+    files += [root / "calls.py", root / "sources.py", root / "parsing.py"]
+    codes: set[str] = set()
+    prefixes: set[str] = set()
+    for path in files:
+        tree = ast.parse(path.read_text())
+        names = {  # module constants such as INCONSISTENT = "backward_inconsistent"
+            node.targets[0].id: node.value.value
+            for node in tree.body
+            if isinstance(node, ast.Assign)
+            and isinstance(node.targets[0], ast.Name)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        }
+        found: list[ast.AST] = []  # the reason expressions of this file
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                index = REASON_ARGUMENT.get(name)
+                # of all .append calls, only photo design's problems.append("...") records one
+                if name == "append" and getattr(func.value, "id", "") != "problems":
+                    index = None
+                if index is not None and len(node.args) > index:
+                    found.append(node.args[index])
+                found += [k.value for k in node.keywords if k.arg == "reason"]
+            elif isinstance(node, ast.Dict):
+                found += [
+                    value
+                    for key, value in zip(node.keys, node.values)
+                    if isinstance(key, ast.Constant) and key.value == "reason"
+                ]
+            elif isinstance(node, ast.Assign):
+                target = node.targets[0]
+                name = target.id if isinstance(target, ast.Name) else ""
+                if isinstance(target, ast.Subscript) and isinstance(target.slice, ast.Constant):
+                    name = str(target.slice.value)
+                if name.endswith("reason") or name.endswith("REASONS"):
+                    found.append(node.value)
+            elif isinstance(node, ast.arguments):  # ParseError's default: "unparseable"
+                found += [
+                    default
+                    for arg, default in zip(node.args[::-1], node.defaults[::-1])
+                    if arg.arg == "reason"
+                ]
+            elif isinstance(node, ast.FunctionDef) and node.name in ("clean_item", "check_image"):
+                found += [  # functions that return the reason they found
+                    inner.value
+                    for inner in ast.walk(node)
+                    if isinstance(inner, ast.Return) and inner.value is not None
+                ]
+        for expression in found:
+            _collect(expression, names, codes, prefixes)
+    return codes, prefixes
+
+
+def test_every_reason_the_pipeline_records_has_a_meaning():
+    from nhr.analysis.rejections import FAILURE_PREFIXES, reason_words
+
+    codes, prefixes = emitted_reasons()
+    # the scan finds the reasons of every kind of site (so it is not silently finding nothing)
+    assert {"over_target", "wrong_size", "no_op", "banned_word", "empty_inverse", "exception",
+            "forward_backward_inconsistent", "missing_image", "duplicate_edit", "nan_output",
+            "unparseable", "timeout", "composite_rejected"} <= codes  # fmt: skip
+    assert {"second_judge_", "describe_", "design_"} <= prefixes
+    missing = sorted(code for code in codes if reason_words(code) == code)
+    assert not missing, f"reasons without a meaning: {missing}"
+    assert prefixes <= set(FAILURE_PREFIXES)
+    # composed failures read as what failed and why; the pre-filter's "<task>_<failure>" too
+    for prefix in [*FAILURE_PREFIXES, "score_", "unwanted_", "aesthetic_"]:
+        assert reason_words(f"{prefix}exception").startswith(FAILURE_PREFIXES[prefix] + ": ")
+    assert reason_words("aesthetic_exception") != "aesthetic_exception"
+
+
+def test_backward_reasons_say_which_triplet_is_dropped_and_why():
+    from nhr.analysis.rejections import reason_words
+
+    forward = reason_words("forward_backward_inconsistent")
+    inverse = reason_words("inverse_backward_inconsistent")
+    assert forward != inverse
+    assert forward.startswith("forward triplet dropped: its inverse")
+    assert inverse.startswith("inverse triplet dropped:") and "forward" in inverse
+    assert reason_words("forward_inverse_unavailable").startswith("forward triplet dropped")
+
+
+def test_prefilter_thresholds_are_in_the_header_and_on_rejected_cards(report):
+    run_dir, summary = report
+    page = (run_dir / "report" / "index.html").read_text()
+    from nhr.config import parse_config
+
+    prefilter = parse_config(RunStore(run_dir).read_config()).prefilter
+    low, aes = prefilter.min_adherence, prefilter.min_aesthetics
+    header = page[: page.index('id="survival"')]
+    assert f"pre-filter scores: adherence &ge; {low:g} and aesthetics &ge; {aes:g}" in header
+    assert "low-level check: at least" in header and "pre-filter yes/no:" in header
+    # a card dropped for its pre-filter scores names the score below its threshold
+    below = re.findall(r"low_prefilter_scores — [^<]*?: ((?:adherence|aesthetics)[^<]*)</p>", page)
+    assert below
+    for text in below:
+        for name, value, threshold in re.findall(r"(\w+) ([\d.]+) &lt; ([\d.]+)", text):
+            assert float(value) < float(threshold) == {"adherence": low, "aesthetics": aes}[name]
+
+
+def test_cards_print_answers_as_yes_or_no(report):
+    run_dir, _ = report
+    page = (run_dir / "report" / "index.html").read_text()
+    assert re.search(r"(no unwanted changes|pleasing) (yes|no)\b", page)
+    assert not re.search(r"(no unwanted changes|pleasing) (True|False)", page)
+
+
+def test_cards_fill_the_width_of_the_window(report, tmp_path):
+    """The gallery is a responsive grid: at 1280 px it has a third column, not 40 % empty."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    run_dir, _ = report
+    page = (run_dir / "report" / "index.html").read_text()
+    assert "repeat(auto-fill" in page and "width: 400px" not in page
+    # the released gallery alone, next to the page so its thumbnails load
+    gallery = run_dir / "report" / "gallery-only.html"
+    gallery.write_text(page[: page.index("<h1>")] + page[page.index('<h2 id="released">') :])
+    shot = tmp_path / "gallery.png"
+    try:
+        drawn = subprocess.run(
+            [
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={tmp_path / 'chrome-profile'}",
+                "--hide-scrollbars",
+                "--window-size=1280,900",
+                "--virtual-time-budget=2000",
+                f"--screenshot={shot}",
+                gallery.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        gallery.unlink()
+    assert drawn.returncode == 0 and shot.exists(), drawn.stderr[-2000:]
+    with Image.open(shot) as image:
+        right = image.convert("L").crop((900, 100, 1240, 900))  # beyond two 400 px cards
+        drawn_pixels = sum(count for level, count in enumerate(right.histogram()) if level < 200)
+    assert drawn_pixels > 0.05 * right.width * right.height
+
+
+@pytest.mark.parametrize("where", ["local", "object storage"])
+def test_a_new_report_keeps_only_the_images_its_page_shows(mined, tmp_path, where):
+    """Re-reporting a run (say, after it grew) leaves no thumbnail the new page does not use,
+    on local disk and on object storage (memory://, through the same storage layer)."""
+    from nhr.storage import open_storage
+
+    run_dir, _ = mined
+    if where == "local":
+        location = tmp_path / "run"
+        shutil.copytree(run_dir, location)
+    else:
+        location = f"memory://nhr-report-{os.urandom(4).hex()}/run"
+        storage = open_storage(location)
+        for path in run_dir.rglob("*"):
+            if path.is_file():
+                storage.write_bytes(path.relative_to(run_dir).as_posix(), path.read_bytes())
+    store = RunStore(location)
+    build_report(location)
+    # an earlier report's thumbnail (and a temporary file a killed write left behind)
+    store.write_bytes("report/images/0123456789abcdef.png", b"an earlier report's")
+    store.write_bytes("report/images/.0123456789abcdef.png.tmp", b"half")
+    build_report(location)
+    page = store.storage.read_bytes("report/index.html").decode()
+    shown = set(re.findall(r'src="images/([^"]+)"', page))
+    assert shown and set(store.storage.names("report/images")) == shown

@@ -513,7 +513,10 @@ def _report(args: argparse.Namespace) -> int:
         return 0  # -q: where the report is, nothing else
     for row in summary["survival"]:
         change = "" if row["change"] is None else f"{row['change']:+.1%}"
-        print(f"  {row['step']:<30}{change:>9}{row['remaining']:>10,} {row['unit']}")
+        if row["reached"]:
+            print(f"  {row['step']:<30}{change:>9}{row['remaining']:>10,} {row['unit']}")
+        else:  # a partial run: its 0 is no count
+            print(f"  {row['step']:<30}{change:>9}{'':>10} not reached yet")
     if summary["released_per_forward"] is not None:
         print(f"  released / forward triplets: {summary['released_per_forward']:.2f}")
     suggested = summary["survival_curve"]["suggested_threshold"]

@@ -20,14 +20,17 @@ from nhr.records import OK
 from nhr.store import RunStore
 
 
-def finished_rows(store: RunStore, stage: str) -> list[dict[str, Any]]:
-    """Rows of the shards that are finished: all of them for a finished global stage,
+def finished_shards(store: RunStore, stage: str) -> list[int]:
+    """The shards of a stage that are finished: all of them for a finished global stage,
     otherwise those with a completion marker (so a report on a live run reads no half shard)."""
     if store.is_done(stage):
-        shards: Any = range(int((store.read_marker("design") or {}).get("shards", 0)))
-    else:
-        shards = store.done_shards(stage)
-    return [row for shard in shards for row in store.read_rows(stage, shard)]
+        return list(range(int((store.read_marker("design") or {}).get("shards", 0))))
+    return list(store.done_shards(stage))
+
+
+def finished_rows(store: RunStore, stage: str) -> list[dict[str, Any]]:
+    """Rows of the finished shards of a stage (see finished_shards)."""
+    return [row for shard in finished_shards(store, stage) for row in store.read_rows(stage, shard)]
 
 
 def has_tables(store: RunStore, stage: str) -> bool:
@@ -62,7 +65,12 @@ def build_report(run_dir: str | Path, target: int = 100_000) -> dict[str, Any]:
         "thresholds": thresholds.tolist(),
         "survival": [round(float(v), 6) for v in curve],
         "knees": None if knees is None else [knees.first, knees.second],
+        # the relative fall of S over the one grid step that ends at each knee (how it was
+        # found), and S at each knee: the share of the pool still kept there
         "knee_changes": None if knees is None else [knees.first_change, knees.second_change],
+        "knee_shares": None
+        if knees is None
+        else [survival_at(thresholds, curve, knee) for knee in (knees.first, knees.second)],
         "suggested_threshold": None if knees is None else knees.suggested,
         "configured_thresholds": list(configured),
         # the yield of each operating point: the share of the validated pool it keeps
@@ -95,7 +103,9 @@ def build_report(run_dir: str | Path, target: int = 100_000) -> dict[str, Any]:
     store.write_json(f"{out}/reasons.json", summary["reasons"])
     if estimate:
         store.write_json(f"{out}/estimate.json", estimate)
-    plot = plot_curve(thresholds, curve, knees, configured, store, f"{out}/survival_curve.png")
+    plot = len(validated) > 0 and plot_curve(
+        thresholds, curve, knees, configured, store, f"{out}/survival_curve.png"
+    )
     markdown = report_markdown(summary, plot)
     store.write_bytes(f"{out}/report.md", markdown.encode("utf-8"))
     store.write_bytes(f"{out}/survival.md", (survival_markdown(table) + "\n").encode("utf-8"))
@@ -106,6 +116,12 @@ def build_report(run_dir: str | Path, target: int = 100_000) -> dict[str, Any]:
     rejected = collect_rejections(stages, lambda stage: finished_rows(store, stage))
     write_page(store, release_stage(config), summary, rejected, out, plot)
     return summary
+
+
+def survival_at(thresholds: np.ndarray, curve: np.ndarray, threshold: float) -> float:
+    """S at the grid point nearest `threshold`."""
+    index = int(np.argmin(np.abs(np.asarray(thresholds) - threshold)))
+    return round(float(curve[index]), 6)
 
 
 def kept_share(adherence: np.ndarray, aesthetics: np.ndarray, low_adh: float, low_aes: float):
@@ -159,7 +175,7 @@ def stage_reasons(stats: dict[str, Any]) -> list[dict[str, Any]]:
                         "stage": stage["stage"],
                         "outcome": outcome,
                         "reason": reason,
-                        "meaning": reason_words(_base_reason(reason)),
+                        "meaning": reason_words(reason),
                         "count": count,
                         "share_of_stage_input": count / stage["rows_in"]
                         if stage.get("rows_in")
@@ -167,17 +183,6 @@ def stage_reasons(stats: dict[str, Any]) -> list[dict[str, Any]]:
                     }
                 )
     return rows
-
-
-def _base_reason(reason: str) -> str:
-    # backward counts "forward_backward_inconsistent" for the rows marked backward_inconsistent
-    for prefix in ("forward_", "inverse_", "composite_"):
-        if reason.startswith(prefix) and reason[len(prefix) :] in _KNOWN_SUFFIXES:
-            return reason[len(prefix) :]
-    return reason
-
-
-_KNOWN_SUFFIXES = {"backward_inconsistent", "inverse_unavailable", "parent_dropped"}
 
 
 def run_header(config: Any, raw_config: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +197,13 @@ def run_header(config: Any, raw_config: dict[str, Any]) -> dict[str, Any]:
         if model is not None:  # an optional role the run does not use
             models[role] = f"{model.backend}:{model.model}"
     validate = config.validate_
+    prefilter = config.prefilter
     thresholds = {
+        "prefilter": prefilter_rules(prefilter),
+        # the pair low_prefilter_scores compares with, for the rejected cards (None: not asked)
+        "prefilter_scores": [prefilter.min_adherence, prefilter.min_aesthetics]
+        if prefilter.score
+        else None,
         "validator": [validate.adherence_threshold, validate.aesthetics_threshold],
         "per_operation": {
             op: pair.model_dump(exclude_none=True)
@@ -214,13 +225,59 @@ def run_header(config: Any, raw_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def prefilter_rules(prefilter: Any) -> list[str]:
+    """The pre-filter's keep-rules (config `prefilter`) in words, for the report's header and
+    the dataset card: a reader sees what `low_prefilter_scores` and the rest compared with."""
+    rules = []
+    check = prefilter.low_level
+    if check.enabled:
+        exempt = (
+            "global operations"
+            if check.skip_operations is None
+            else ", ".join(check.skip_operations) or "none"
+        )
+        rules.append(
+            f"low-level check: at least {check.min_changed_share:.1%} of the pixels change by "
+            f"more than {check.noop_threshold} (else a no-op), and the largest connected region "
+            f"of change (pixels changed by more than {check.diff_threshold}) holds at least "
+            f"{check.min_component_share:.1%} of the changed pixels (exempt: {exempt})"
+        )
+    if prefilter.score:
+        rules.append(
+            f"pre-filter scores: adherence >= {prefilter.min_adherence:g} and aesthetics >= "
+            f"{prefilter.min_aesthetics:g}"
+        )
+    questions = [
+        name
+        for name, asked in (
+            ("no unwanted changes", prefilter.unwanted_changes),
+            ("the result is pleasing", prefilter.aesthetics),
+        )
+        if asked
+    ]
+    if questions:
+        rules.append("pre-filter yes/no: " + " and ".join(questions))
+    return rules
+
+
+def category_sort_key(category: str) -> tuple[bool, str]:
+    """Single operations first, then composites ("A & B"; "a+b" when unknown), each
+    alphabetically: the order of the report's and the dataset card's category tables."""
+    return (" & " in category or "+" in category, category.lower())
+
+
 def category_yield(store: RunStore, release: str) -> list[dict[str, Any]]:
     """Per operation: editor attempts, validator passes, forward triplets and releases."""
     per: dict[str, Counter] = defaultdict(Counter)
-    candidates = finished_rows(store, "edit")
-    operation_of = {c["candidate_id"]: c["operation"] for c in candidates}
-    for candidate in candidates:
-        per[candidate["operation"]]["attempts"] += 1
+    operation_of = {}
+    # the pass rate is over the attempts whose fate is known: those of shards the validator
+    # finished (on a partial run the editor is ahead of it; none judged: no rate, not 0 %)
+    judged = set(finished_shards(store, "validate"))
+    for shard in finished_shards(store, "edit"):
+        for candidate in store.read_rows("edit", shard):
+            operation_of[candidate["candidate_id"]] = candidate["operation"]
+            per[candidate["operation"]]["attempts"] += 1
+            per[candidate["operation"]]["judged"] += shard in judged
     for row in finished_rows(store, "validate"):
         if row["status"] == OK:
             per[operation_of[row["candidate_id"]]]["validated"] += 1
@@ -239,14 +296,11 @@ def category_yield(store: RunStore, release: str) -> list[dict[str, Any]]:
                 "category": category_label(operation),
                 "composite": "+" in operation,
                 **{k: counts[k] for k in ("attempts", "validated", "pairs", "forward", "released")},
-                "pass_rate": counts["validated"] / counts["attempts"]
-                if counts["attempts"]
-                else None,
+                "pass_rate": counts["validated"] / counts["judged"] if counts["judged"] else None,
                 "pair_success": counts["forward"] / counts["pairs"] if counts["pairs"] else None,
             }
         )
-    # single operations first, then composites, each alphabetically by their label
-    return sorted(rows, key=lambda r: (r["composite"], r["category"].lower(), r["operation"]))
+    return sorted(rows, key=lambda r: (category_sort_key(r["category"]), r["operation"]))
 
 
 def category_label(operation: str) -> str:
@@ -260,57 +314,93 @@ def category_label(operation: str) -> str:
 
 
 def plot_curve(thresholds, curve, knees, configured, store: RunStore, key: str) -> bool:
-    """S(T) with the configured threshold, the two knees (labelled with their fall) and the
-    suggested threshold marked."""
+    """Write the S(T) figure as a PNG at `key`; False without matplotlib."""
+    figure = curve_figure(thresholds, curve, knees, configured)
+    if figure is None:
+        return False
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(figure)
+    store.write_bytes(key, buffer.getvalue())
+    return True
+
+
+def curve_figure(thresholds, curve, knees, configured) -> Any:
+    """S(T) with the configured threshold, the two knees (labelled with S there: the share of
+    the pool they keep, as docs/thresholds.md quotes the paper's) and the suggested threshold
+    marked; None without matplotlib. The caller draws nothing for an empty pool (S would be a
+    meaningless 0 line)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return False
+        return None
     figure, axis = plt.subplots(figsize=(6.4, 3.8), dpi=110)
-    axis.plot(thresholds, curve, marker=".", color="#1f5fa8", label="S(T)")
+    axis.plot(thresholds, curve, marker=".", color="#1f5fa8", label="S(T)", zorder=3)
+    # configured: a wide pale band, suggested: a thin dashed line on top, so the two stay
+    # visible when they coincide (the quickstart's 4.7 is both)
     for value, style in zip(sorted(set(configured)), ("-", "--")):
         axis.axvline(
             value,
             color="#2e7d32",
             linestyle=style,
-            linewidth=1.2,
+            linewidth=4,
+            alpha=0.45,
             label=f"configured T = {value:g}",
         )
     if knees is not None:
-        for knee, change in (
-            (knees.first, knees.first_change),
-            (knees.second, knees.second_change),
-        ):
-            axis.axvline(knee, color="#999", linestyle=":", linewidth=1)
-            index = int(np.argmin(np.abs(np.asarray(thresholds) - knee)))
+        for number, knee in enumerate((knees.first, knees.second)):
+            share = survival_at(thresholds, curve, knee)
+            axis.axvline(
+                knee,
+                color="#777",
+                linestyle=":",
+                linewidth=1,
+                label=None if number else "knees (steepest falls of S)",
+            )
             axis.annotate(
-                f"knee {knee:.2f}\n({change:+.0%})",
-                xy=(knee, curve[index]),
-                xytext=(-58, 18 if knee == knees.first else -6),
+                f"knee {knee:.2f}\nS = {share:.1%}",
+                xy=(knee, share),
+                # below and left of the knee, under the curve, clear of the threshold lines
+                xytext=(-80, -30) if number == 0 else (-80, -6),
                 textcoords="offset points",
                 fontsize=8,
                 arrowprops={"arrowstyle": "-", "color": "#777", "linewidth": 0.8},
             )
+        same = any(abs(knees.suggested - value) < 1e-9 for value in configured)
         axis.axvline(
             knees.suggested,
             color="#c0392b",
-            linewidth=1.2,
-            label=f"suggested T = {knees.suggested:.2f}",
+            linestyle="--",
+            linewidth=1.4,
+            zorder=4,
+            label=f"suggested T = {knees.suggested:.2f}" + (" (= configured)" if same else ""),
         )
     axis.legend(loc="lower left", fontsize=8)
     axis.set_xlabel("threshold T (both scores >= T)")
-    axis.set_ylabel("share of validated pool")
+    axis.set_ylabel("S(T): share of validated pool kept")
     axis.set_title("Survival curve S(T)")
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(figure)
-    store.write_bytes(key, buffer.getvalue())
-    return True
+    return figure
+
+
+def knees_sentence(curve: dict[str, Any]) -> str:
+    """Where the knees are and what S(T) keeps there, in the words of docs/thresholds.md."""
+    first, second = curve["knees"]
+    kept = curve["knee_shares"]
+    falls = curve["knee_changes"]
+    return (
+        f"Knees at T = {first:.2f} and {second:.2f}, where S(T) keeps {kept[0]:.1%} and "
+        f"{kept[1]:.1%} of the validated pool (down by {1 - kept[0]:.1%} and {1 - kept[1]:.1%}; "
+        "the paper's knees, at 4.5 and 4.9: down by 62.1% and 84.0%). They are the steepest "
+        f"falls of S over one 0.1 step ({falls[0]:+.1%} and {falls[1]:+.1%}); the suggested "
+        f"threshold is their midpoint, {curve['suggested_threshold']:.2f}."
+    )
 
 
 def report_markdown(summary: dict[str, Any], plot: bool) -> str:
@@ -342,11 +432,14 @@ def report_markdown(summary: dict[str, Any], plot: bool) -> str:
             "",
         ]
     lines += ["## Survival curve", ""]
-    if curve["suggested_threshold"] is not None:
+    if not curve["pool"]:
         lines += [
-            f"Knees at T = {curve['knees'][0]:.2f} and {curve['knees'][1]:.2f}; suggested "
-            f"threshold (their midpoint): **{curve['suggested_threshold']:.2f}** "
-            f"(configured: {curve['configured_thresholds'][0]}).",
+            "No validated candidates yet: S(T) is drawn once the validator has judged some.",
+            "",
+        ]
+    elif curve["suggested_threshold"] is not None:
+        lines += [
+            knees_sentence(curve) + f" Configured: {curve['configured_thresholds'][0]:g}.",
             "",
             yield_sentence(curve) or "",
             "",
@@ -364,7 +457,7 @@ def report_markdown(summary: dict[str, Any], plot: bool) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for c in summary["categories"]:
-        rate = "" if c["pass_rate"] is None else f"{c['pass_rate']:.1%}"
+        rate = "–" if c["pass_rate"] is None else f"{c['pass_rate']:.1%}"  # – : none judged
         lines.append(
             f"| {c['category']} | {c['attempts']} | {rate} | {c['pairs']} | "
             f"{c['forward']} | {c['released']} |"

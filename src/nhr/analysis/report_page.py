@@ -18,9 +18,11 @@ from nhr.analysis.rejections import (
     check_of,
     deciding_scores,
     reason_words,
+    rows_apart,
     sample_id,
     sample_rejections,
 )
+from nhr.analysis.survival import remaining_words
 from nhr.ids import unit_interval
 from nhr.records import OK
 from nhr.store import RunStore
@@ -39,9 +41,12 @@ td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 .state { padding: .1rem .5rem; border-radius: .3rem; color: #fff; }
 .state.finished { background: #2e7d32; } .state.mining { background: #1f5fa8; }
 .state.stopped { background: #c0392b; }
-.grid { display: flex; flex-wrap: wrap; gap: 1rem; }
-.card { width: 400px; margin: 0; border: 1px solid #ddd; padding: .5rem; }
-.pair img { width: 192px; height: auto; margin-right: 4px; background: #f4f4f4; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr));
+  gap: 1rem; align-items: start; }
+.card { margin: 0; border: 1px solid #ddd; padding: .5rem; }
+.pair { display: grid; grid-template-columns: repeat(2, minmax(0, 192px)); gap: 4px; }
+.pair img { width: 100%; height: auto; max-height: 192px; object-fit: contain;
+  background: #f4f4f4; }
 .instr { font-weight: 600; margin: .3rem 0; } .meta { color: #555; margin: .15rem 0;
   font-size: .85rem; } .id { font-family: ui-monospace, monospace; color: #888; }
 .why { color: #a33; }
@@ -50,25 +55,42 @@ details pre { background: #f6f6f6; padding: .6rem; overflow: auto; max-height: 3
 """
 
 
-def _thumbnail(store: RunStore, digest: str, out: str) -> str:
-    """A small PNG copy of an image in report/images, so the gallery stays light."""
-    from PIL import Image
+class Thumbnails:
+    """The small PNG copies of images in report/images, so the gallery stays light.
 
-    name = f"images/{digest[:16]}.png"
-    key = f"{out}/{name}"
-    if not store.storage.exists(key):
-        with Image.open(io.BytesIO(store.images.get(digest))) as image:
-            image = image.convert("RGB")
-            image.thumbnail((THUMBNAIL, THUMBNAIL))
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-        store.write_bytes(key, buffer.getvalue())
-    return name
+    A thumbnail is named by its image's digest, so one a previous report wrote is reused as it
+    is; the ones this page uses are remembered, and `prune` removes the others once the page is
+    written (a killed report leaves the old page with all its images, or the new one)."""
+
+    def __init__(self, store: RunStore, out: str) -> None:
+        self.store = store
+        self.folder = f"{out}/images"
+        self.used: set[str] = set()
+
+    def name(self, digest: str) -> str:
+        from PIL import Image
+
+        file = f"{digest[:16]}.png"
+        key = f"{self.folder}/{file}"
+        if file not in self.used and not self.store.storage.exists(key):
+            with Image.open(io.BytesIO(self.store.images.get(digest))) as image:
+                image = image.convert("RGB")
+                image.thumbnail((THUMBNAIL, THUMBNAIL))
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+            self.store.write_bytes(key, buffer.getvalue())
+        self.used.add(file)
+        return f"images/{file}"
+
+    def prune(self) -> None:
+        """Remove the files of the images folder this page does not show (earlier reports')."""
+        for file in self.store.storage.names(self.folder):
+            if file not in self.used:
+                self.store.storage.delete(f"{self.folder}/{file}")
 
 
 def _card(
-    store: RunStore,
-    out: str,
+    thumbs: Thumbnails,
     images: list[tuple[str, str]],
     caption: str,
     details: list[str],
@@ -77,8 +99,7 @@ def _card(
 ) -> str:
     """A figure: the images given as (digest, alt), the instruction, detail lines, the id."""
     pictures = "".join(
-        f'<img src="{e(_thumbnail(store, digest, out))}" alt="{e(alt)}" loading="lazy" '
-        f'width="{THUMBNAIL}">'
+        f'<img src="{e(thumbs.name(digest))}" alt="{e(alt)}" loading="lazy" width="{THUMBNAIL}">'
         for digest, alt in images
         if digest
     )
@@ -101,6 +122,8 @@ def _share(value: float | None) -> str:
 
 def _scores(scores: dict[str, Any]) -> str:
     def show(value: Any) -> str:
+        if isinstance(value, bool):  # a yes/no answer (no_unwanted_changes, pleasing)
+            return "yes" if value else "no"
         if isinstance(value, float):
             return f"{value:.3g}"
         return str(value)
@@ -115,7 +138,9 @@ def header_html(summary: dict[str, Any]) -> str:
     )
     thresholds = header["thresholds"]
     adherence, aesthetics = thresholds["validator"]
-    lines = [f"validator: adherence &ge; {adherence:g}, aesthetics &ge; {aesthetics:g}"]
+    # the pre-filter's rules are plain text (the dataset card has them too): >= reads ≥ here
+    lines = [e(rule).replace("&gt;=", "&ge;") for rule in thresholds["prefilter"]]
+    lines.append(f"validator: adherence &ge; {adherence:g}, aesthetics &ge; {aesthetics:g}")
     for operation, pair in thresholds["per_operation"].items():
         lines.append(f"{e(operation)}: {e(str(pair))}")
     if "backward" in thresholds:
@@ -125,14 +150,14 @@ def header_html(summary: dict[str, Any]) -> str:
             )
         )
     state = summary["state"]
+    # the badge says the state; the words go on after it ("mining (pid 12)" -> "(pid 12)")
+    words = summary["state_words"].removeprefix(state).strip()
     return f"""<section id="run">
-<p>Run state: <span class="state {e(state)}">{e(state)}</span> {
-        e(summary["state_words"]) if state != "finished" else ""
-    }</p>
+<p>Run state: <span class="state {e(state)}">{e(state)}</span> {e(words)}</p>
 <p>nhr {e(header["nhr_version"])} · seed {e(str(header["seed"]))} ·
 {header["prompts"]:,} prompts · released: {summary["released"] or 0:,}</p>
 <table><tr><th>role</th><th>model</th></tr>{models}</table>
-<p>Thresholds: {"; ".join(lines)}.</p>
+<p>Thresholds:</p><ul>{"".join(f"<li>{line}</li>" for line in lines)}</ul>
 <details><summary>Config</summary><pre>{e(header["config_yaml"])}</pre></details>
 </section>"""
 
@@ -140,7 +165,7 @@ def header_html(summary: dict[str, Any]) -> str:
 def survival_html(summary: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td>{e(r['step'])}</td><td class=n>{_pct(r['change'])}</td>"
-        f"<td class=n>{r['remaining']:,} {e(r['unit'])}</td>"
+        f"<td class=n>{e(remaining_words(r))}</td>"
         f"<td class=n>{_pct(r['reference_change'])}</td></tr>"
         for r in summary["survival"]
     )
@@ -157,10 +182,16 @@ def survival_html(summary: dict[str, Any]) -> str:
 
 
 def curve_html(summary: dict[str, Any], plot: bool) -> str:
-    from nhr.analysis.report import yield_sentence
+    from nhr.analysis.report import knees_sentence, yield_sentence
 
     curve = summary["survival_curve"]
     parts = ['<h2 id="curve">Survival curve S(T)</h2>']
+    if not curve["pool"]:
+        parts.append(
+            '<p id="no-pool">No validated candidates yet: S(T) is drawn once the validator has '
+            "judged some.</p>"
+        )
+        return "".join(parts)
     if plot:
         parts.append('<img src="survival_curve.png" alt="survival curve S(T)" width="704">')
     if curve["suggested_threshold"] is None:
@@ -169,13 +200,9 @@ def curve_html(summary: dict[str, Any], plot: bool) -> str:
             "no threshold is suggested.</p>"
         )
     else:
-        first, second = curve["knees"]
-        first_change, second_change = curve["knee_changes"]
         parts.append(
-            f"<p>Knees at T = {first:.2f} ({first_change:+.1%}) and {second:.2f} "
-            f"({second_change:+.1%}); the suggested threshold is their midpoint, "
-            f"<strong>{curve['suggested_threshold']:.2f}</strong>. Pool: "
-            f"{curve['pool']:,} validated candidates.</p>"
+            f'<p id="knees">{e(knees_sentence(curve))} Pool: {curve["pool"]:,} validated '
+            "candidates.</p>"
         )
         parts.append(f'<p id="yield-cost">{e(yield_sentence(curve) or "")}</p>')
     return "".join(parts)
@@ -209,14 +236,15 @@ def estimate_html(summary: dict[str, Any]) -> str:
 def categories_html(summary: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td>{e(c['category'])}</td><td class=n>{c['attempts']:,}</td>"
-        f"<td class=n>{_share(c['pass_rate'])}</td><td class=n>{c['pairs']:,}</td>"
+        f"<td class=n>{_share(c['pass_rate']) or '–'}</td><td class=n>{c['pairs']:,}</td>"
         f"<td class=n>{c['forward']:,}</td><td class=n>{c['released']:,}</td></tr>"
         for c in summary["categories"]
     )
     return (
         '<h2 id="categories">Per category</h2><p class="note">Single operations, then '
         "composites (&ldquo;A &amp; B&rdquo;: undo A, then do B), which are made from released "
-        "pairs and so have no editor attempts of their own.</p><table><tr><th>category</th>"
+        "pairs and so have no editor attempts of their own. Pass rate: the share of the editor "
+        "attempts the validator passed (&ndash;: none judged yet).</p><table><tr><th>category</th>"
         "<th class=n>attempts</th><th class=n>pass rate</th><th class=n>pairs</th>"
         f"<th class=n>forward</th><th class=n>released</th></tr>{rows}</table>"
     )
@@ -232,13 +260,15 @@ def reasons_html(summary: dict[str, Any]) -> str:
         for r in summary["reasons"]
     )
     return (
-        '<h2 id="reasons">Drops and failures per stage</h2><table><tr><th>stage</th>'
+        '<h2 id="reasons">Drops and failures per stage</h2><p class="note">What each stage '
+        "counted (report/stats.json, as <code>nhr status</code> shows it): sources, candidates, "
+        "triplets, or composite pairs for compose.</p><table><tr><th>stage</th>"
         "<th>outcome</th><th>reason</th><th>meaning</th><th class=n>count</th>"
         f"<th class=n>of stage input</th></tr>{rows}</table>"
     )
 
 
-def gallery_html(store: RunStore, release: str, out: str) -> str:
+def gallery_html(store: RunStore, release: str, thumbs: Thumbnails) -> str:
     from nhr.analysis.report import finished_rows
 
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -251,8 +281,7 @@ def gallery_html(store: RunStore, release: str, out: str) -> str:
         shown = shown[:GALLERY_PER_GROUP]
         cards = [
             _card(
-                store,
-                out,
+                thumbs,
                 [(r["source_image"], "source"), (r["edited_image"], "edited")],
                 r["instruction"],
                 [f"adherence {r['adherence']}, aesthetics {r['aesthetics']}"],
@@ -267,7 +296,21 @@ def gallery_html(store: RunStore, release: str, out: str) -> str:
     return '<h2 id="released">Released triplets</h2>' + ("".join(sections) or "<p>none yet</p>")
 
 
-def _rejected_card(store: RunStore, out: str, row: dict[str, Any], found: Rejections) -> str:
+def _below(row: dict[str, Any], pair: list[float] | None) -> str:
+    """Which pre-filter score fell below which threshold, e.g. "aesthetics 3 < 3.5"."""
+    if not pair:
+        return ""
+    below = [
+        f"{name} {row[name]:g} < {low:g}"
+        for name, low in zip(("adherence", "aesthetics"), pair)
+        if row.get(name) is not None and row[name] < low
+    ]
+    return ": " + ", ".join(below) if below else ""
+
+
+def _rejected_card(
+    thumbs: Thumbnails, row: dict[str, Any], found: Rejections, thresholds: dict[str, Any]
+) -> str:
     candidate = found.candidates.get(row.get("candidate_id") or "", {})
     source = found.sources.get(row.get("source_id") or "", {})
     source_image = row.get("source_image") or candidate.get("source_image") or source.get("image")
@@ -277,7 +320,9 @@ def _rejected_card(store: RunStore, out: str, row: dict[str, Any], found: Reject
         prompt = found.prompts.get(row.get("prompt_id") or source.get("prompt_id") or "", {})
         caption = f"prompt: {prompt.get('prompt', '(unknown prompt)')}"
     reason = row.get("reason")
-    outcome = "failed" if row["status"] == "failed" else "rejected"
+    why = f"{row['status']}: {reason or ''} — {reason_words(reason)}"
+    if reason == "low_prefilter_scores":
+        why += _below(row, thresholds.get("prefilter_scores"))
     details = []
     scores = deciding_scores(row)
     if scores:
@@ -285,37 +330,53 @@ def _rejected_card(store: RunStore, out: str, row: dict[str, Any], found: Reject
     if row.get("kept_candidate"):
         details.append(f"kept instead: {row['kept_candidate']}")
     return _card(
-        store,
-        out,
+        thumbs,
         [(source_image, "source"), (edited_image, "edited")],
         caption,
         details,
         sample_id(row),
-        why=f"{outcome}: {reason or ''} — {reason_words(reason)}",
+        why=why,
     )
 
 
-def rejected_html(store: RunStore, out: str, found: Rejections) -> str:
+def _tally(stage: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """A stage's rejected rows per reason, under the drops table's names; where the rows
+    count something else than the drops table (composite attempts, pairs), it says so."""
+    counted = {
+        (r["outcome"], r["reason"]): r["count"] for r in summary["reasons"] if r["stage"] == stage
+    }
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for row in rows:
+        counts[(row["status"], row.get("reason") or "")] += 1
+    entries = []
+    # in the drops table's order: most frequent first
+    for (status, reason), count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        entry = f"{status}: {reason} {count:,}"
+        if counted.get((status, reason)) != count:
+            entry += " " + rows_apart(stage, reason, counted.get((status, reason)))
+        entries.append(entry)
+    return "; ".join(entries)
+
+
+def rejected_html(thumbs: Thumbnails, found: Rejections, summary: dict[str, Any]) -> str:
     parts = [
         '<h2 id="rejected">Rejected examples</h2><p class="note">For every stage that '
         f"rejected something: up to {REJECTED_PER_STAGE} examples per check, spread over its "
-        "reasons, "
-        "with the scores that decided.</p>"
+        "reasons, with the scores that decided. Reasons and counts are the drops table's, "
+        "unless said otherwise.</p>"
     ]
+    thresholds = summary["header"]["thresholds"]
     for stage, rows in found.by_stage.items():
-        counts: dict[str, int] = defaultdict(int)
         checks: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
-            counts[f"{row['status']}: {row.get('reason')}"] += 1
             checks[check_of(stage, row)].append(row)
-        tally = ", ".join(f"{reason} {count:,}" for reason, count in sorted(counts.items()))
         parts.append(
-            f'<h3 id="rejected-{e(stage)}">{e(stage)} <small>({len(rows):,}: {e(tally)})'
-            "</small></h3>"
+            f'<h3 id="rejected-{e(stage)}">{e(stage)}</h3>'
+            f'<p class="note tally">{e(_tally(stage, rows, summary))}</p>'
         )
         for check, members in sorted(checks.items()):
             cards = [
-                _rejected_card(store, out, row, found)
+                _rejected_card(thumbs, row, found, thresholds)
                 for row in sample_rejections(members, REJECTED_PER_STAGE, f"rejected-{stage}")
             ]
             title = f"<h4>{e(check)} <small>({len(members):,})</small></h4>" if check else ""
@@ -333,6 +394,7 @@ def write_page(
     out: str,
     plot: bool,
 ) -> None:
+    thumbs = Thumbnails(store, out)
     sections = [
         header_html(summary),
         survival_html(summary),
@@ -340,8 +402,8 @@ def write_page(
         estimate_html(summary),
         categories_html(summary),
         reasons_html(summary),
-        gallery_html(store, release, out),
-        rejected_html(store, out, found),
+        gallery_html(store, release, thumbs),
+        rejected_html(thumbs, found, summary),
     ]
     notice = (
         ""
@@ -356,3 +418,8 @@ def write_page(
         + "\n</body></html>\n"
     )
     store.write_bytes(f"{out}/index.html", page.encode("utf-8"))
+    # only now that the new page is in place: drop what it no longer shows (thumbnails of an
+    # earlier report, a plot an empty pool no longer has), so a kill never breaks a page
+    thumbs.prune()
+    if not plot:
+        store.storage.delete(f"{out}/survival_curve.png")

@@ -25,13 +25,18 @@ def _stage(stats: dict[str, Any], name: str) -> dict[str, Any] | None:
     return None
 
 
-def _row(step: str, remaining: int, unit: str, change: float | None) -> dict[str, Any]:
+def _row(
+    step: str, remaining: int, unit: str, change: float | None, stage: dict[str, Any] | None
+) -> dict[str, Any]:
     return {
         "step": step,
         "change": change,
         "remaining": remaining,
         "unit": unit,
         "reference_change": REFERENCE_CHANGE.get(step),
+        # a stage with no finished shard yet (a partial run): its 0 is no count, the report
+        # says "not reached yet" (statistics without `shards_done` are a finished run's)
+        "reached": stage is None or stage.get("shards_done", 1) != 0,
     }
 
 
@@ -40,7 +45,8 @@ def _change(after: int, before: int) -> float | None:
 
 
 def survival_table(stats: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of (step, change, remaining, unit, reference change) from stats.json content."""
+    """Rows of (step, change, remaining, unit, reference change, reached) from stats.json
+    content."""
     rows = []
     generate = _stage(stats, "generate")
     gate = _stage(stats, "plausibility")
@@ -50,7 +56,7 @@ def survival_table(stats: dict[str, Any]) -> list[dict[str, Any]]:
     select = _stage(stats, "select")
     if generate is None:
         return rows
-    rows.append(_row("generate", generate["rows_out"], "sources", None))
+    rows.append(_row("generate", generate["rows_out"], "sources", None, generate))
     if gate:
         rows.append(
             _row(
@@ -58,16 +64,21 @@ def survival_table(stats: dict[str, Any]) -> list[dict[str, Any]]:
                 gate["rows_out"],
                 "sources",
                 _change(gate["rows_out"], gate["rows_in"]),
+                gate,
             )
         )
     if edit:
-        rows.append(_row("edit attempts", edit["rows_out"], "candidates", None))
+        rows.append(_row("edit attempts", edit["rows_out"], "candidates", None, edit))
     if prefilter and edit:
         low_level = sum(prefilter["dropped"].get(r, 0) for r in LOW_LEVEL_REASONS)
         after_low = prefilter["rows_in"] - low_level
         rows.append(
             _row(
-                "low-level check", after_low, "candidates", _change(after_low, prefilter["rows_in"])
+                "low-level check",
+                after_low,
+                "candidates",
+                _change(after_low, prefilter["rows_in"]),
+                prefilter,
             )
         )
         rows.append(
@@ -76,6 +87,7 @@ def survival_table(stats: dict[str, Any]) -> list[dict[str, Any]]:
                 prefilter["rows_out"],
                 "candidates",
                 _change(prefilter["rows_out"], after_low),
+                prefilter,
             )
         )
     if validate:
@@ -85,6 +97,7 @@ def survival_table(stats: dict[str, Any]) -> list[dict[str, Any]]:
                 validate["rows_out"],
                 "candidates",
                 _change(validate["rows_out"], validate["rows_in"]),
+                validate,
             )
         )
     if select and validate:
@@ -94,6 +107,7 @@ def survival_table(stats: dict[str, Any]) -> list[dict[str, Any]]:
                 select["rows_out"],
                 "triplets",
                 _change(select["rows_out"], validate["rows_out"]),
+                select,
             )
         )
     remaining = select["rows_out"] if select else 0
@@ -107,6 +121,7 @@ def survival_table(stats: dict[str, Any]) -> list[dict[str, Any]]:
                     remaining + added,
                     "triplets",
                     _change(remaining + added, remaining),
+                    stage,
                 )
             )
             remaining += added
@@ -118,6 +133,7 @@ def survival_table(stats: dict[str, Any]) -> list[dict[str, Any]]:
                     remaining + added,
                     "triplets",
                     _change(remaining + added, remaining),
+                    stage,
                 )
             )
             remaining += added
@@ -129,11 +145,12 @@ def survival_table(stats: dict[str, Any]) -> list[dict[str, Any]]:
                     remaining - removed,
                     "triplets",
                     _change(remaining - removed, remaining),
+                    stage,
                 )
             )
             remaining -= removed
     if stats.get("dataset"):
-        rows.append(_row("released", stats["dataset"]["rows"], "triplets", None))
+        rows.append(_row("released", stats["dataset"]["rows"], "triplets", None, None))
     return rows
 
 
@@ -144,6 +161,13 @@ def released_per_forward(stats: dict[str, Any]) -> float | None:
     return stats["dataset"]["rows"] / select["rows_out"]
 
 
+def remaining_words(row: dict[str, Any]) -> str:
+    """The remaining cell of a survival row: "3,905 candidates", or "not reached yet"."""
+    if not row.get("reached", True):
+        return "not reached yet"
+    return f"{row['remaining']:,} {row['unit']}"
+
+
 def survival_markdown(rows: list[dict[str, Any]]) -> str:
     def pct(value: float | None) -> str:
         return "" if value is None else f"{value:+.1%}"
@@ -151,7 +175,7 @@ def survival_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| stage | change | remaining | reference change |", "|---|---:|---:|---:|"]
     for row in rows:
         lines.append(
-            f"| {row['step']} | {pct(row['change'])} | {row['remaining']:,} {row['unit']} | "
+            f"| {row['step']} | {pct(row['change'])} | {remaining_words(row)} | "
             f"{pct(row['reference_change'])} |"
         )
     return "\n".join(lines)

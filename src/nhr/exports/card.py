@@ -79,8 +79,13 @@ def _cell(value: Any) -> str:
 
 
 def _counts(title: str, counts: dict[str, int]) -> str:
+    from nhr.analysis.report import category_sort_key
+
+    names = list(counts)
+    if title == "category":  # as the report orders them: single operations, then composites
+        names.sort(key=category_sort_key)
     lines = [f"| {title} | triplets |", "|---|---:|"]
-    lines += [f"| {_cell(name)} | {count:,} |" for name, count in counts.items()]
+    lines += [f"| {_cell(name)} | {counts[name]:,} |" for name in names]
     return "\n".join(lines)
 
 
@@ -95,11 +100,15 @@ def models_table(config: NhrConfig) -> str:
 
 
 def thresholds_text(config: NhrConfig) -> str:
+    from nhr.analysis.report import prefilter_rules
+
     validate = config.validate_
-    lines = [
+    # the pre-filter's rules first, in the pipeline's order (the report's header words them so)
+    lines = [f"- {rule}" for rule in prefilter_rules(config.prefilter)]
+    lines.append(
         f"- validator: instruction adherence >= {validate.adherence_threshold} and aesthetics "
         f">= {validate.aesthetics_threshold} (1-5 scale)"
-    ]
+    )
     for operation, pair in sorted(validate.thresholds.items()):
         lines.append(f"  - {operation}: {_cell(pair.model_dump(exclude_none=True))}")
     backward = config.backward
