@@ -201,6 +201,10 @@ def test_page_shows_what_the_report_computes(report):
         c["composite"] for c in summary["categories"]
     )
     assert html.escape(composites[0]["category"]) in page
+    # the gallery: forward triplets, then inverses, then composites
+    gallery = page[page.index('id="released"') :]
+    kinds = re.findall(r"<h3>(forward|inverse|composite) · ", gallery)
+    assert kinds and kinds == sorted(kinds, key=["forward", "inverse", "composite"].index)
     # every stage's drop and failure reasons with counts, from the stage statistics
     stats = json.loads((run_dir / "report" / "stats.json").read_text())
     expected = {

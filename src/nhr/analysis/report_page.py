@@ -276,7 +276,7 @@ def gallery_html(store: RunStore, release: str, thumbs: Thumbnails) -> str:
         if row["status"] == OK:
             groups[(row["kind"], row["category"])].append(row)
     sections = []
-    for (kind, category), rows in sorted(groups.items()):
+    for (kind, category), rows in sorted(groups.items(), key=_gallery_order):
         shown = sorted(rows, key=lambda r: unit_interval("gallery", r["triplet_id"]))
         shown = shown[:GALLERY_PER_GROUP]
         cards = [
@@ -294,6 +294,17 @@ def gallery_html(store: RunStore, release: str, thumbs: Thumbnails) -> str:
             f'<div class="grid">{"".join(cards)}</div>'
         )
     return '<h2 id="released">Released triplets</h2>' + ("".join(sections) or "<p>none yet</p>")
+
+
+# The gallery shows what was mined, then what augmentation added to it.
+KIND_ORDER = {"forward": 0, "inverse": 1, "composite": 2}
+
+
+def _gallery_order(group: tuple[tuple[str, str], list]) -> tuple:
+    from nhr.analysis.report import category_sort_key
+
+    (kind, category), _ = group
+    return KIND_ORDER.get(kind, len(KIND_ORDER)), kind, category_sort_key(category)
 
 
 def _below(row: dict[str, Any], pair: list[float] | None) -> str:
