@@ -110,3 +110,22 @@ def test_a_report_made_before_growing_is_rebuilt_when_the_run_finishes(tmp_path,
     assert f"released: {grown}" in page or f"{grown:,} triplets" in page
     estimate = json.loads((run_dir / "report" / "estimate.json").read_text())
     assert estimate["target_released"] == 500 and estimate["measured_released"] == grown
+
+
+def test_a_report_that_cannot_be_rebuilt_is_a_warning_not_a_failed_run(
+    tmp_path, small_config, monkeypatch, caplog
+):
+    import nhr.analysis.report
+    from nhr.analysis.report import build_report
+
+    run_dir = tmp_path / "run"
+    nhr.mine(grow_config(small_config, 8), run_dir, preflight=False)
+    build_report(run_dir)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(nhr.analysis.report, "build_report", broken)
+    result = nhr.mine(grow_config(small_config, 16), run_dir, preflight=False)
+    assert result.stats["dataset"]["rows"] > 0
+    assert "could not be rebuilt (RuntimeError: no fonts); run `nhr report`" in caplog.text

@@ -225,15 +225,15 @@ def refresh_report(store: RunStore) -> None:
     import json
     import logging
 
-    from nhr.analysis.report import build_report
+    from nhr.analysis.report import DEFAULT_TARGET, build_report
 
     try:
         estimate = json.loads(store.storage.read_bytes("report/estimate.json"))
         target = int(estimate["target_released"])
     except (OSError, ValueError, KeyError, TypeError):
-        target = None  # no estimate was written (nothing released then): the default target
+        target = DEFAULT_TARGET  # no estimate was written (nothing released then)
     try:
-        build_report(store.root, **({"target": target} if target else {}))
+        build_report(store.root, target=target)
     except Exception as error:  # noqa: BLE001 - the mined data must not depend on the page
         logging.getLogger(__name__).warning(
             "the report in %s could not be rebuilt (%s: %s); run `nhr report` on the run",

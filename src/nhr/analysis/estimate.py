@@ -129,7 +129,7 @@ def reference_released(config: NhrConfig, prompts: int) -> int:
 
 
 def stage_label(config: NhrConfig, stage: str) -> str:
-    """ "edit (editor)": a stage and the model roles it calls."""
+    """A stage and the model roles it calls, e.g. "edit (editor)"."""
     from nhr.pipeline import build_stages
 
     roles = {s.name: s.roles for s in build_stages(config)}.get(stage)

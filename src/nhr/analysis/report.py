@@ -37,7 +37,11 @@ def has_tables(store: RunStore, stage: str) -> bool:
     return any(n.endswith(".parquet") for n in store.storage.names(store.stage_folder(stage)))
 
 
-def build_report(run_dir: str | Path, target: int = 100_000) -> dict[str, Any]:
+# The dataset size `nhr report` estimates the compute for unless told (--target).
+DEFAULT_TARGET = 100_000
+
+
+def build_report(run_dir: str | Path, target: int = DEFAULT_TARGET) -> dict[str, Any]:
     from nhr.pipeline import release_stage
     from nhr.run import collect_stats
     from nhr.scheduler import target_mix_report
