@@ -4,7 +4,8 @@
    like the paper's validation set, against the bias-corrected labels of 2-4 simulated raters:
    MAE and Spearman rho per scale, precision / recall / accuracy of the keep-rule "both
    scores >= 4.7" against the positive label "both labels > 4.0" (Table 1, Table B.1), and the
-   tuned validator's confusion matrices by bucket (Figure B.4). The profiles are fitted here.
+   tuned validator's confusion matrices by bucket (Figure B.4) and its Spearman per ImgEdit
+   category (Table B.2; not fitted). The profiles are fitted here.
 2. The same profiles against the simulator's truth on a broad calibration population, and the
    simulated raters there: agreement, and how well the bias correction recovers the truth.
 3. The quickstart (mined here, or an existing run): survival per step, the S(T) knees and the
@@ -115,6 +116,12 @@ def paper_protocol(count: int) -> dict[str, float]:
                 + " ".join(f"{v:.2f}" for v in paper[row])
                 + f"   MAE {mae:.2f}"
             )
+    print(
+        f"\n{TUNED} per ImgEdit category: Spearman of the geometric means, sim | paper (Table B.2)"
+    )
+    for category, (rho, n) in calibration.category_spearman(population, seen, labels).items():
+        paper = calibration.PAPER_CATEGORY_RHO.get(category, (calibration.PAPER_OVERALL_RHO,))[0]
+        print(f"  {category:<11}{rho:>7.2f} | {paper:.2f}   (n {n})")
     return tuned
 
 

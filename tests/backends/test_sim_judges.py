@@ -338,3 +338,20 @@ def test_raters_agree_most_at_the_ends_of_the_scale_and_labels_stay_on_it():
     # the middle is rated alike; the ends agree more with a smaller end spread
     assert spread[0.4][1] == pytest.approx(spread[1.0][1], abs=0.05)
     assert spread[0.4][0] < spread[1.0][0] - 0.1 and spread[0.4][2] < spread[1.0][2] - 0.1
+
+
+def test_per_category_spearman_is_measured_like_table_b2():
+    """Table B.2's figure (Spearman of the geometric means per ImgEdit category): overall as
+    the paper's, style transfer and background change the weakest single categories as in the
+    paper (which of the two is lower varies with the sample here)."""
+    name = "tuned-gemini-2.0-flash"
+    triplets, labels = paper_shaped()
+    seen = calibration.readings(judges.PROFILES[name], triplets, name)
+    rho = calibration.category_spearman(triplets, seen, labels)
+    assert abs(rho["Overall"][0] - calibration.PAPER_OVERALL_RHO) <= 0.06
+    singles = {k: r for k, (r, _) in rho.items() if k not in ("Overall", "Compose")}
+    assert set(singles) == set(calibration.PAPER_CATEGORY_RHO) - {"Compose"}
+    assert set(sorted(singles, key=singles.get)[:2]) == {"Style", "Background"}
+    # the categories partition part of the population; composites are several operations
+    assert sum(n for k, (_, n) in rho.items() if k != "Overall") < rho["Overall"][1]
+    assert rho["Compose"][1] == sum(len(t.operations) > 1 for t in triplets)
