@@ -76,7 +76,9 @@ def test_a_kill_while_growing_resumes_to_the_same_run(tmp_path, small_config, on
     grown = tmp_path / "grown"
     nhr.mine(grow_config(small_config, 8), grown, preflight=False)
     kill_at_write(big, grown, "stages/edit/shard-00003", 1)
-    assert "stopped before the end" in render_status(grown)  # no longer "finished"
+    status = render_status(grown)
+    assert "stopped before the end" in status  # no longer "finished"
+    assert "dataset: an earlier export is in" in status  # the 8-prompt export, kept till then
     finish(big, grown)
     assert_same_run(grown, one_go)
 

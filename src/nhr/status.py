@@ -54,7 +54,9 @@ def render_status(run_dir: Path | str) -> str:
             f"{stage['stage']:<13}{shards:>9}{stage['rows_in']:>9}{stage['rows_out']:>9}"
             f"{kept:>8}  {reasons}"
         )
+    where = store.where("dataset")
     if stats["dataset"]:
-        where = store.where("dataset")
         lines += ["", f"dataset: {stats['dataset']['rows']} triplets in {where}"]
+    elif store.storage.exists("dataset/README.md"):  # a run that grows keeps its last export
+        lines += ["", f"dataset: an earlier export is in {where}, replaced when the run finishes"]
     return "\n".join(lines)
