@@ -325,3 +325,55 @@ def test_an_unfinished_run_is_a_one_line_error(mined, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has not finished 'compose'" in err and err.count("\n") == 1
     assert not (run_dir / "exports").exists()
+
+
+def test_a_rejected_candidate_scored_above_the_chosen_one_is_not_paired():
+    """A candidate that missed one threshold narrowly but beat the chosen one on the other
+    score has the higher mean: the validator's scores do not say which is better."""
+    from types import SimpleNamespace
+
+    from nhr.exports.preference import shard_pairs
+
+    def candidate(name):
+        return {
+            "candidate_id": name,
+            "source_id": "s",
+            "edit_id": "e",
+            "source_image": "src",
+            "edited_image": f"img-{name}",
+            "model": None,
+        }
+
+    def verdict(name, status, adherence, aesthetics):
+        return {
+            "candidate_id": name,
+            "status": status,
+            "adherence": adherence,
+            "aesthetics": aesthetics,
+            "reason": None if status == "ok" else "below_threshold",
+            "model": None,
+        }
+
+    tables = {
+        "edit": [candidate(n) for n in ("chosen", "lower", "higher")],
+        "validate": [
+            verdict("chosen", "ok", 4.8, 4.7),
+            verdict("lower", "dropped", 4.9, 3.0),
+            verdict("higher", "dropped", 5.0, 4.6),  # mean 4.796 > 4.750
+        ],
+        "select": [
+            {
+                "candidate_id": "chosen",
+                "status": "ok",
+                "source_id": "s",
+                "edit_id": "e",
+                "instruction": "make it blue",
+                "category": "colour",
+                "operation": "change_color",
+            }
+        ],
+    }
+    job = SimpleNamespace(store=SimpleNamespace(read_rows=lambda stage, shard: tables[stage]))
+    pairs = shard_pairs(job, 0)
+    assert [p["rejected_id"] for p in pairs] == ["lower"]
+    assert pairs[0]["margin"] > 0

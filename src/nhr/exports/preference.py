@@ -9,7 +9,10 @@ of the same pair that the validator scored and rejected (`rejected`), with both 
 Read from the `edit`, `validate` and `select` tables: a rejected candidate is one whose
 validator row is `dropped` (scores below the threshold); candidates the prefilter removed or
 the validator failed to score have no scores and are left out. `margin` is the difference of
-the two geometric-mean scores (the select stage's ranking score), always > 0.
+the two geometric-mean scores (the select stage's ranking score), always > 0: a rejected
+candidate whose mean is not below the chosen one's (it failed one threshold by a little and
+beat the chosen one on the other score) is left out, since the validator's own scores do not
+say which of the two is better and a DPO trainer would learn the pair either way.
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ def shard_pairs(job: ExportJob, shard: int) -> list[dict[str, Any]]:
             if verdict is None or verdict["status"] != DROPPED or verdict["adherence"] is None:
                 continue
             score = geometric_mean(verdict["adherence"], verdict["aesthetics"])
+            if score >= chosen_score:
+                continue  # the scores disagree with the verdict: no clear preference
             pairs.append(
                 {
                     "pair_id": stable_id(
