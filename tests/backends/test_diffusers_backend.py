@@ -170,9 +170,33 @@ def test_lora_changes_the_output_and_is_reported(generator, folders):
     with_lora = backend.generate(request)[0]
     assert isinstance(with_lora, bytes) and with_lora != generator.generate(request)[0]
     assert backend.pipeline.get_active_adapters() == ["lora_0"]
-    assert backend.info().params["loras"] == [
-        {"path": str(folders["lora"]), "weight": 0.7, "weight_name": None}
-    ]
+    [reported] = backend.info().params["loras"]
+    assert {k: reported[k] for k in ("path", "weight", "weight_name")} == {
+        "path": str(folders["lora"]),
+        "weight": 0.7,
+        "weight_name": None,
+    }
+    assert len(reported["digest"]) == 64  # the weights' content: see the next test
+
+
+def test_a_lora_retrained_into_the_same_folder_is_another_model_to_the_cache(tmp_path, folders):
+    """The request cache keys on the backend's identity: retrained weights in the same folder
+    must change it, or a bench (or a run) would serve the old LoRA's edits."""
+    import shutil
+
+    from nhr.backends.diffusers import weights_digest
+
+    lora = tmp_path / "lora"
+    shutil.copytree(folders["lora"], lora)
+    config = make_config(folders["flux"], loras=[LoraAdapter(path=str(lora))])
+    before = DiffusersBackend(config).info().params
+    weights = sorted(lora.glob("*.safetensors"))[0]
+    changed = bytearray(weights.read_bytes())
+    changed[-1] ^= 0xFF
+    weights.write_bytes(bytes(changed))  # other weights, same path
+    after = DiffusersBackend(config).info().params
+    assert before["loras"][0]["digest"] != after["loras"][0]["digest"]
+    assert weights_digest("some-org/some-hub-lora") is None  # a hub id is known by its name
 
 
 # -- edit -------------------------------------------------------------------------------

@@ -208,6 +208,7 @@ class DiffusersBackend:
         # Output size -> the largest batch tried at once, lowered when a call of that size runs
         # out of memory (by a half each time), so that later calls do not fail the same way.
         self.batch_limits: dict[tuple[int, int], int] = {}
+        self._lora_digests: dict[tuple[str, str | None], str | None] = {}
         # Loading, and calling (a pipeline's scheduler keeps per-call state), one at a time.
         self._lock = threading.RLock()
 
@@ -229,7 +230,12 @@ class DiffusersBackend:
                 "steps": config.steps,
                 "guidance": config.guidance,
                 "loras": [
-                    {"path": lora.path, "weight": lora.weight, "weight_name": lora.weight_name}
+                    {
+                        "path": lora.path,
+                        "weight": lora.weight,
+                        "weight_name": lora.weight_name,
+                        "digest": self._lora_digest(lora.path, lora.weight_name),
+                    }
                     for lora in config.loras
                 ],
                 "device": config.device,
@@ -237,6 +243,14 @@ class DiffusersBackend:
                 "call_kwargs": config.call_kwargs,
             },
         )
+
+    def _lora_digest(self, path: str, weight_name: str | None) -> str | None:
+        """The content of a local LoRA's weights, so a LoRA retrained into the same folder is
+        another model to the request cache (a bench or run never serves the old one's edits);
+        None for a hub id, whose identity is its name. Read once per backend."""
+        if (path, weight_name) not in self._lora_digests:
+            self._lora_digests[(path, weight_name)] = weights_digest(path, weight_name)
+        return self._lora_digests[(path, weight_name)]
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[bytes | BackendError]:
         requests = list(requests)
@@ -472,3 +486,27 @@ __all__ = [
     "encode_png",
     "family_arguments",
 ]
+
+
+def weights_digest(path: str, weight_name: str | None = None) -> str | None:
+    """SHA-256 over the names and bytes of a local LoRA's weight files (a file, or the
+    `weight_name` file or every *.safetensors / *.bin file of a folder); None when `path` is
+    not on this machine (a hub id)."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(path)
+    if root.is_file():
+        files = [root]
+    elif root.is_dir():
+        files = [root / weight_name] if weight_name else sorted(root.glob("*.safetensors"))
+        files = files or sorted(root.glob("*.bin"))
+    else:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
