@@ -387,3 +387,58 @@ def test_a_bench_killed_mid_run_redoes_only_unfinished_calls(imgedit_data, tmp_p
         SimBackend.edit, SimBackend.ask = original_edit, original_ask
     whole = run_bench(module, _config(), _config(), imgedit_data, tmp_path / "whole", seeds=2)
     assert resumed == whole
+
+
+def test_an_output_holding_another_bench_is_refused_before_any_call(imgedit_data, tmp_path):
+    module = benchmark_module("imgedit")
+    out = tmp_path / "out"
+    run_bench(module, _config(), _config(), imgedit_data, out, seeds=1)
+    before = (out / "bench.json").read_bytes()
+    with pytest.raises(ValueError, match="holds the results of another bench .*editor_model"):
+        run_bench(module, _config(DEGRADED_EDITOR), _config(), imgedit_data, out, seeds=1)
+    assert (out / "bench.json").read_bytes() == before  # nothing overwritten
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_call(
+    imgedit_data, tmp_path, monkeypatch
+):
+    from nhr.store import RunStore
+
+    called = []
+    monkeypatch.setattr(SimBackend, "edit", lambda self, requests: called.append(1) or [])
+
+    def refuse(self, key, data):
+        raise PermissionError(13, "Permission denied", key)
+
+    monkeypatch.setattr(RunStore, "write_bytes", refuse)
+    with pytest.raises(PermissionError):
+        run_bench(benchmark_module("imgedit"), _config(), _config(), imgedit_data, tmp_path / "o")
+    assert not called
+
+
+def test_labels_and_default_folders_tell_models_apart():
+    from types import SimpleNamespace
+
+    from nhr.backends.configs import LoraAdapter
+    from nhr.bench.runner import default_output, model_label
+
+    base = SimpleNamespace(backend="diffusers", model="/models/flux kontext", loras=[])
+    tuned = SimpleNamespace(**{**vars(base), "loras": [LoraAdapter(path="out/lora")]})
+    assert default_output("gedit", base) == "bench/gedit-models_flux_kontext"
+    assert model_label(base) == "diffusers:/models/flux kontext"
+    assert model_label(tuned) == "diffusers:/models/flux kontext + LoRA out/lora"
+    judged = _config().models.validator.model_copy(update={"judge": "tuned-gemini-2.0-flash"})
+    assert model_label(judged) == "sim:sim-validator (judge tuned-gemini-2.0-flash)"
+    assert model_label(_config().models.validator) == "sim:sim-validator"
+
+
+def test_compare_errors_are_one_line(imgedit_data, gedit_data, tmp_path, capsys):
+    module = benchmark_module("imgedit")
+    run_bench(module, _config(), _config(), imgedit_data, tmp_path / "img", seeds=1)
+    run_bench(
+        benchmark_module("gedit"), _config(), _config(), gedit_data, tmp_path / "ged", seeds=1
+    )
+    for other in (tmp_path / "missing", tmp_path / "ged"):
+        assert main(["bench", "--compare", str(tmp_path / "img"), str(other)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("nhr: error: "), err

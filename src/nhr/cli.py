@@ -840,7 +840,10 @@ def _bench(args: argparse.Namespace) -> int:
     if args.compare:
         from nhr.bench.compare import compare, render
 
-        result = compare(*args.compare, rounds=args.bootstrap, seed=args.seed)
+        try:
+            result = compare(*args.compare, rounds=args.bootstrap, seed=args.seed)
+        except (ValueError, FileNotFoundError) as error:
+            raise _UsageError(str(error)) from None
         text = render(result)
         print(text)
         if args.output:
@@ -855,11 +858,11 @@ def _bench(args: argparse.Namespace) -> int:
         needed = ([] if args.benchmark else ["a benchmark (gedit or imgedit)"]) + missing
         raise _UsageError(f"nhr bench needs {', '.join(needed)}; or --compare A B")
     from nhr.bench import benchmark_module
-    from nhr.bench.runner import render_tables, run_bench, stderr_progress
+    from nhr.bench.runner import default_output, render_tables, run_bench, stderr_progress
     from nhr.config import load_config
 
     editor, judge = load_config(args.editor), load_config(args.judge)
-    output = args.output or f"bench/{args.benchmark}-{editor.models.editor.model}"
+    output = args.output or default_output(args.benchmark, editor.models.editor)
     module = benchmark_module(args.benchmark)
     try:
         bench = run_bench(
@@ -874,7 +877,8 @@ def _bench(args: argparse.Namespace) -> int:
         )
     except (ValueError, FileNotFoundError) as error:
         raise _UsageError(str(error)) from None
-    print(file=sys.stderr)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)  # ends the progress line
     import json
 
     from nhr.store import RunStore

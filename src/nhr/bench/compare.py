@@ -46,6 +46,11 @@ def compare(a: str, b: str, rounds: int = 2000, seed: int = 0) -> dict[str, Any]
         if any((key, s) in scored_a and (key, s) in scored_b for s in range(seeds)):
             keys_by_task[task].append(key)
     order = [(task, key) for task in module.TASKS for key in keys_by_task[task]]
+    if not order:
+        raise ValueError(
+            f"{a} and {b} have no item scored in both (another language or data?): "
+            "nothing to compare"
+        )
     task_of = np.array([module.TASKS.index(task) for task, _ in order], dtype=int)
     result: dict[str, Any] = {
         "benchmark": module.NAME,

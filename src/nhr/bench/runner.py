@@ -15,6 +15,7 @@ import dataclasses
 import io
 import json
 import logging
+import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -51,9 +52,48 @@ def as_png(data: bytes) -> bytes:
 
 
 def model_label(model: Any) -> str:
-    """How a model is named in tables: backend:model (the judge's name matters: scores from
-    different judges are not comparable)."""
-    return f"{model.backend}:{model.model}"
+    """How a model is named in tables: backend:model, with its LoRAs and (a simulated judge)
+    its profile, so a base editor and its LoRA, or two judges of one model, read apart (the
+    judge's name matters: scores from different judges are not comparable)."""
+    label = f"{model.backend}:{model.model}"
+    loras = getattr(model, "loras", None) or []
+    if loras:
+        label += " + " + ", ".join(f"LoRA {lora.path}" for lora in loras)
+    if getattr(model, "judge", None):
+        label += f" (judge {model.judge})"
+    return label
+
+
+def default_output(benchmark: str, editor_model: Any) -> str:
+    """bench/BENCH-MODEL, the model as one folder name (a path or hub id has slashes)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", editor_model.model).strip("_.") or "editor"
+    return f"bench/{benchmark}-{name}"
+
+
+# What makes two benches the same: a folder keeps one bench, resumed or extended by seeds.
+SAME_BENCH = ("benchmark", "data", "language", "editor_model", "judge_model")
+
+
+def check_output(store: Any, identity: dict[str, Any]) -> None:
+    """Refuse an output folder that holds another bench (another editor, judge, benchmark,
+    data or language: its results would be overwritten) and one that cannot be written,
+    before any model is called."""
+    try:
+        previous = json.loads(store.storage.read_bytes("run.json"))
+    except FileNotFoundError:
+        previous = None
+    if previous is not None:
+        differ = [key for key in SAME_BENCH if previous.get(key) != identity[key]]
+        if differ:
+            raise ValueError(
+                f"{store.root} holds the results of another bench (its {', '.join(differ)} "
+                "differ): pass another --output, or delete that folder to replace them"
+            )
+    store.write_bytes(WRITE_CHECK, b"")  # fails now, not after every edit was paid for
+    store.storage.delete(WRITE_CHECK)
+
+
+WRITE_CHECK = ".nhr-write-check"
 
 
 def _cached_config(config: Any) -> Any:
@@ -86,6 +126,14 @@ def run_bench(
         raise ValueError(f"no {benchmark.TITLE} items for language {language!r} in {data}")
     store = RunStore(output)
     store.check_is_directory()
+    identity = {
+        "benchmark": benchmark.NAME,
+        "data": str(data),
+        "language": language,
+        "editor_model": editor_config.models.editor.model_dump(mode="json"),
+        "judge_model": judge_config.models.validator.model_dump(mode="json"),
+    }
+    check_output(store, identity)
     store.storage.clean_partial()
     editor = BackendPool(_cached_config(editor_config), store).get("editor")
     judge = BackendPool(_cached_config(judge_config), store).get("validator")
@@ -117,13 +165,9 @@ def run_bench(
     )
     failures = Counter(f"{row['status']}:{row['reason']}" for row in rows if row.get("reason"))
     run = {
-        "benchmark": benchmark.NAME,
-        "data": str(data),
-        "language": language,
+        **identity,
         "items": len(items),
         "seeds": seeds,
-        "editor_model": editor_config.models.editor.model_dump(mode="json"),
-        "judge_model": judge_config.models.validator.model_dump(mode="json"),
         "failures": dict(sorted(failures.items())),
         "calls": {
             "editor": {
@@ -262,4 +306,9 @@ def render_tables(benchmark: ModuleType, bench: dict[str, Any], run: dict[str, A
 
 
 def stderr_progress(message: str) -> None:
-    print(f"\r{message}", end="", file=sys.stderr, flush=True)
+    """One updating line on a terminal; a line per update in a log file, where carriage
+    returns would glue them together."""
+    if sys.stderr.isatty():
+        print(f"\r{message}", end="", file=sys.stderr, flush=True)
+    else:
+        print(message, file=sys.stderr, flush=True)
