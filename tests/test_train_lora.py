@@ -246,3 +246,34 @@ def test_qwen_image_edit_loss_falls_and_its_adapter_loads(mined, tmp_path, monke
     trained = load_file(str(tmp_path / "checkpoints" / "step-00000030" / "adapter.safetensors"))
     assert set(loaded) == set(trained) and len(trained) > 0
     assert all(torch.equal(loaded[name], trained[name]) for name in trained)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"lr": float("nan")}, "--lr must be a positive number"),
+        ({"validate_every": 1, "validation_count": 0}, "--validation-count must be at least 1"),
+        ({"warmup_steps": -3}, "--warmup-steps >= 0"),
+        ({"max_sequence_length": 0}, "--max-sequence-length must be at least 1"),
+    ],
+)
+def test_impossible_options_are_refused_before_anything_loads(change, message, tmp_path):
+    options = TrainOptions(base="unused", data="unused", output=str(tmp_path / "o"), **change)
+    with pytest.raises(TrainError, match=message):
+        train_lora(options)
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_loads(
+    tmp_path, mined, monkeypatch
+):
+    import nhr.train.loop as loop
+
+    run_dir, _ = mined
+    monkeypatch.setattr(loop, "family_for", lambda *a: pytest.fail("the model was loaded"))
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    with pytest.raises(TrainError, match="is a file, not a folder"):
+        train_lora(TrainOptions(base="unused", data=str(run_dir), output=str(blocker)))
+    with pytest.raises(TrainError, match="cannot be written"):
+        train_lora(TrainOptions(base="unused", data=str(run_dir), output=str(blocker / "x")))

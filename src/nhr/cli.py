@@ -929,7 +929,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, where a reader gone away is handled, not at exit
         return status
     except KeyboardInterrupt as interrupt:
-        print("nhr: interrupted; run the same command again to resume", file=sys.stderr)
+        again = "with --resume" if args.command == "train" else "again"
+        print(f"nhr: interrupted; run the same command {again} to resume", file=sys.stderr)
         return 143 if isinstance(interrupt, _Terminated) else 130
     except BrokenPipeError:
         # the reader went away (`nhr report RUN | head`): stop quietly, as other tools do;

@@ -98,6 +98,7 @@ def train_lora(options: TrainOptions) -> dict[str, Any]:
             f"{output} holds checkpoints of an earlier run: pass --resume to continue it, or a "
             "new --output"
         )
+    _check_writable(output)  # now, not after the model load and the steps to a checkpoint
     family = family_for(options.base, options.guidance)
     data = load_triplets(options.data)
     accelerator = Accelerator(mixed_precision=options.mixed_precision, cpu=options.device == "cpu")
@@ -282,6 +283,24 @@ def _adapter_state(transformer: Any) -> dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
 
     return get_peft_model_state_dict(transformer)
+
+
+def _check_writable(output: Path) -> None:
+    """The output folder exists or can be made, and takes a file (one name per process: a
+    multi-GPU launch checks from every process at once)."""
+    import os
+
+    if output.exists() and not output.is_dir():
+        raise TrainError(f"--output {output} is a file, not a folder")
+    probe = output / f".nhr-write-check-{os.getpid()}"
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise TrainError(
+            f"--output {output} cannot be written: {error.strerror or error}"
+        ) from None
 
 
 def _save_adapter(pipe: Any, family: Any, transformer: Any, output: Path) -> None:

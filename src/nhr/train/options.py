@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,8 +39,16 @@ class TrainOptions:
 
         if self.steps < 1 or self.rank < 1 or self.batch_size < 1:
             raise TrainError("--steps, --rank and --batch-size must be at least 1")
-        if self.lr <= 0:
-            raise TrainError("--lr must be positive")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise TrainError(f"--lr must be a positive number, not {self.lr}")
+        if self.validate_every and self.validation_count < 1:
+            raise TrainError("--validation-count must be at least 1 with --validate-every")
+        if self.validation_steps < 1 or self.warmup_steps < 0:
+            raise TrainError("--validation-steps must be at least 1 and --warmup-steps >= 0")
+        if self.max_sequence_length is not None and self.max_sequence_length < 1:
+            raise TrainError("--max-sequence-length must be at least 1")
+        if not math.isfinite(self.guidance):
+            raise TrainError(f"--guidance must be a number, not {self.guidance}")
         if self.resolution < 16 or self.resolution % 16:
             raise TrainError(f"--resolution must be a multiple of 16, not {self.resolution}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
