@@ -124,3 +124,40 @@ def test_a_full_disk_during_export_keeps_the_old_dataset(mined, tmp_path, monkey
     )
     assert dataset_rows(run_dir) == before
     assert not list(run_dir.glob(".dataset-*"))
+
+
+def test_a_killed_write_leaves_no_staging_folder_once_the_target_is_written_again(tmp_path):
+    """A kill during an export leaves its staging folder; writing the same target again
+    removes it, and leaves another target's (maybe being written now) alone."""
+    from nhr.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path)
+    (tmp_path / ".dataset-out-killed").mkdir()  # left by a killed write of `out`
+    (tmp_path / ".dataset-other-live").mkdir()  # another target's, being written
+    with storage.replace_folder("out") as folder:
+        folder.write_bytes("a.txt", b"new")
+    assert (tmp_path / "out" / "a.txt").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.glob(".dataset-*")) == [".dataset-other-live"]
+
+
+def test_a_target_that_cannot_be_replaced_stays_as_it_was(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from nhr.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path)
+    with storage.replace_folder("out") as folder:
+        folder.write_bytes("a.txt", b"old")
+    real_rename = Path.rename
+
+    def failing(self, target):
+        if self.name.startswith(".dataset-out-"):  # the new folder cannot take its place
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(PermissionError):
+        with storage.replace_folder("out") as folder:
+            folder.write_bytes("a.txt", b"new")
+    assert (tmp_path / "out" / "a.txt").read_bytes() == b"old"
+    assert not list(tmp_path.glob(".dataset-*"))

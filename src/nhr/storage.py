@@ -19,6 +19,7 @@ markers list; listings are only used to clean up and to show progress.
 from __future__ import annotations
 
 import functools
+import glob
 import os
 import shutil
 import tempfile
@@ -258,11 +259,17 @@ class LocalStorage(Storage):
 
     @contextmanager
     def replace_folder(self, folder: str) -> Iterator[FolderWriter]:
-        # Written into a staging folder, then swapped in with two renames; a kill between
-        # them leaves a `.dataset-*` folder that `clean_partial` removes at the next start.
+        # Written into a staging folder, then swapped in with two renames. The staging
+        # folders are named after their target: one a killed write of this target left
+        # behind is removed when the target is written again (and `clean_partial` removes
+        # them all at a run's next start); another target's, maybe being written now, is not.
         self.root.mkdir(parents=True, exist_ok=True)
         target = self.path(folder)
-        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".dataset-"))
+        prefix = f".dataset-{target.name}-"
+        for stale in self.root.glob(f"{glob.escape(prefix)}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=prefix))
+        old = None
         try:
             staging.chmod(dir_mode())  # mkdtemp makes it 0700; the dataset is for others
             yield FolderWriter(LocalStorage(staging), "")
@@ -272,6 +279,10 @@ class LocalStorage(Storage):
             staging.rename(target)
         except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
+            if old is not None:
+                if (old / "old").exists() and not target.exists():
+                    (old / "old").rename(target)  # moved aside, not replaced: put it back
+                shutil.rmtree(old, ignore_errors=True)
             if isinstance(error, OSError) and (
                 error.filename is None or str(error.filename).startswith(str(staging))
             ):
