@@ -296,6 +296,8 @@ def test_export_to_object_storage_writes_the_same_files(mined, bucket, exports):
         (["--format", "hf", "--mini", "0"], "--mini must be at least 1"),
         (["--format", "ip2p", "--push-to-hub", "me/x"], "--push-to-hub works with --format hf"),
         (["--output", "somewhere"], "--output needs --format"),
+        (["--split-test", "0.5"], "--split-test needs --format"),
+        (["--seed", "3"], "--seed needs --format"),
     ],
 )
 def test_bad_options_are_one_line_errors(mined, capsys, argv, message):

@@ -94,12 +94,11 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--split-test",
         type=float,
-        default=0.02,
         metavar="SHARE",
         help="share of source images in the test split (default 0.02)",
     )
     export.add_argument("--mini", type=int, metavar="N", help="a balanced subset of N rows")
-    export.add_argument("--seed", type=int, default=0, help="seed of the split and --mini")
+    export.add_argument("--seed", type=int, help="seed of the split and --mini (default 0)")
     export.add_argument(
         "--push-to-hub",
         metavar="REPO",
@@ -547,7 +546,12 @@ def _export(args: argparse.Namespace) -> int:
         raise _UsageError("--private goes with --push-to-hub REPO")
     if args.format is not None:
         return _export_format(args)
-    options = {"--output": args.output, "--mini": args.mini}
+    options = {
+        "--output": args.output,
+        "--mini": args.mini,
+        "--split-test": args.split_test,
+        "--seed": args.seed,
+    }
     given = [flag for flag, value in options.items() if value is not None]
     if given:
         raise _UsageError(f"{given[0]} needs --format (hf, webdataset, ip2p, ...)")
@@ -592,9 +596,9 @@ def _export_format(args: argparse.Namespace) -> int:
             args.run_dir,
             args.format,
             output=args.output,
-            split_test=args.split_test,
+            split_test=0.02 if args.split_test is None else args.split_test,
             mini=args.mini,
-            seed=args.seed,
+            seed=args.seed or 0,
             hub_repo=args.push_to_hub,
             private=args.private,
         )

@@ -84,8 +84,8 @@ def write_webdataset(job: ExportJob, folder: FolderWriter) -> dict[str, Any]:
         "",
         "```python",
         "import webdataset as wds",
-        f'ds = wds.WebDataset("path/to/this/folder/{urls.get("train", "train-000000.tar")}")'
-        '.decode("pil").to_tuple("source.png", "txt", "edited.png")',
+        f'ds = wds.WebDataset("path/to/this/folder/{urls.get("train", "train-000000.tar")}", '
+        'shardshuffle=False).decode("pil").to_tuple("source.png", "txt", "edited.png")',
         "```",
     ]
     folder.write_bytes("README.md", ("\n".join(lines) + "\n").encode("utf-8"))
