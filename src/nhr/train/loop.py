@@ -98,6 +98,10 @@ def train_lora(options: TrainOptions) -> dict[str, Any]:
             f"{output} holds checkpoints of an earlier run: pass --resume to continue it, or a "
             "new --output"
         )
+    if started is not None:
+        _check_resume(started, options)  # before the model loads
+    elif options.resume:
+        log.warning("--resume: %s holds no checkpoint yet, so training starts at step 0", output)
     _check_writable(output)  # now, not after the model load and the steps to a checkpoint
     family = family_for(options.base, options.guidance)
     data = load_triplets(options.data)
@@ -285,6 +289,24 @@ def _adapter_state(transformer: Any) -> dict[str, torch.Tensor]:
     return get_peft_model_state_dict(transformer)
 
 
+def _check_resume(folder: Path, options: TrainOptions) -> None:
+    """--resume continues the run of `folder` only with the options that shape it; a local
+    base or data folder is the same one however its path is written."""
+    import os
+
+    def place(key: str, value: Any) -> Any:
+        if key in ("base", "data") and isinstance(value, str) and os.path.exists(value):
+            return os.path.realpath(value)
+        return value
+
+    saved = json.loads((folder / "state.json").read_text())["options"]
+    now = options.as_dict()
+    changed = [key for key in RESUME_KEYS if place(key, saved.get(key)) != place(key, now.get(key))]
+    if changed:
+        details = ", ".join(f"{key}: {saved.get(key)!r} -> {now.get(key)!r}" for key in changed)
+        raise TrainError(f"--resume with other options than {folder} ({details})")
+
+
 def _check_writable(output: Path) -> None:
     """The output folder exists or can be made, and takes a file (one name per process: a
     multi-GPU launch checks from every process at once)."""
@@ -367,11 +389,6 @@ def _load_checkpoint(
     from safetensors.torch import load_file
 
     state = json.loads((folder / "state.json").read_text())
-    saved, now = state["options"], options.as_dict()
-    changed = [key for key in RESUME_KEYS if saved.get(key) != now.get(key)]
-    if changed:
-        details = ", ".join(f"{key}: {saved.get(key)!r} -> {now.get(key)!r}" for key in changed)
-        raise TrainError(f"--resume with other options than {folder} ({details})")
     set_peft_model_state_dict(transformer, load_file(str(folder / "adapter.safetensors")))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     lr_scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
