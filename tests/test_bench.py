@@ -442,3 +442,9 @@ def test_compare_errors_are_one_line(imgedit_data, gedit_data, tmp_path, capsys)
         assert main(["bench", "--compare", str(tmp_path / "img"), str(other)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("nhr: error: "), err
+
+
+def test_a_malformed_imgedit_json_names_its_file(tmp_path):
+    (tmp_path / "basic_edit.json").write_text("{'not': json}")
+    with pytest.raises(ValueError, match=r"basic_edit.json is not readable JSON"):
+        imgedit.load(str(tmp_path), "en")

@@ -242,7 +242,12 @@ def load(path: str | Path, language: str = "en") -> list[BenchItem]:
         file = found[0]
     else:
         file = root
-    entries = json.loads(file.read_text(encoding="utf-8"))
+    try:
+        entries = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{file} is not readable JSON: {error}") from None
+    if not isinstance(entries, dict):
+        raise ValueError(f"{file}: expected an object of entries keyed by id")
     items = []
     for key, entry in entries.items():
         category = ALIASES.get(entry["edit_type"], entry["edit_type"])

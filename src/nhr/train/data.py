@@ -114,7 +114,7 @@ def _from_hf_export(storage: Any, location: str | Path) -> TripletData:
     manifest = json.loads(storage.read_bytes("nhr-export.json"))
     if manifest.get("format") != "hf":
         raise TrainError(
-            f"{location}: an `{manifest.get('format')}` export; train reads a run directory or "
+            f"{location} is a `{manifest.get('format')}` export; train reads a run directory or "
             "an `hf` export"
         )
     files = sorted(name for name in storage.names("data") if name.endswith(".parquet"))
