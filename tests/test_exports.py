@@ -154,8 +154,10 @@ def test_lora_folders_match_the_trainers_layouts(mined, exports, fmt, control_co
         assert len(records) == len(targets)
         for record in records:
             assert set(record) == {"image_path", "control_path", "caption"}
-            assert (folder / record["image_path"]).is_file()
-            assert (folder / record["control_path"]).is_file()
+            # relative to the export folder, where musubi.toml is run from
+            assert record["image_path"].startswith(f"{split}/target/")
+            assert (out / record["image_path"]).is_file()
+            assert (out / record["control_path"]).is_file()
         with open(folder / "metadata.csv", newline="") as handle:
             table = list(csv.DictReader(handle))
         assert list(table[0]) == ["image", "prompt", control_column]

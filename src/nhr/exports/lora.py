@@ -5,7 +5,8 @@ the trainer configs beside them.
     OUT/train/target/<id>.png    the edited image: what the LoRA learns to produce
     OUT/train/target/<id>.txt    its caption: the edit instruction
     OUT/train/control/<id>.png   the source image, with the same file name
-    OUT/train/metadata.jsonl     {"image_path", "control_path", "caption"} per sample
+    OUT/train/metadata.jsonl     {"image_path", "control_path", "caption"} per sample,
+                                 paths relative to OUT (train/target/<id>.png)
     OUT/train/metadata.csv       image,prompt,<control column> per sample
     OUT/test/...                 the same for the test split
     OUT/ai-toolkit.yaml          dataset blocks for ostris ai-toolkit
@@ -16,7 +17,8 @@ Readers: ostris ai-toolkit (`folder_path` = target images with same-stem `.txt` 
 `control_path` = source images with the same file names); kohya-ss musubi-tuner (directory
 form `image_directory` + `control_directory`, or the JSONL form); DiffSynth-Studio
 (`--dataset_metadata_path metadata.csv`, control column `kontext_images` for Kontext and
-`edit_image` for Qwen-Image-Edit). Paths inside the files are relative to the split folder.
+`edit_image` for Qwen-Image-Edit). Paths in metadata.csv are relative to its split folder,
+those in metadata.jsonl to OUT.
 """
 
 from __future__ import annotations
@@ -63,7 +65,13 @@ def write_lora_folders(job: ExportJob, folder: FolderWriter, fmt: str) -> dict[s
                 folder.write_bytes(f"{split}/target/{stem}.txt", caption.encode("utf-8"))
                 source = image_bytes(job.store, row["source_image"])
                 folder.write_bytes(f"{split}/{control}", source)
-                record = {"image_path": target, "control_path": control, "caption": caption}
+                # musubi-tuner opens these paths as written: relative to the export folder,
+                # the folder musubi.toml is run from (the CSV's are relative to its split)
+                record = {
+                    "image_path": f"{split}/{target}",
+                    "control_path": f"{split}/{control}",
+                    "caption": caption,
+                }
                 jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
                 table.writerow([target, caption, control])
     splits = [split for split in SPLITS if counts[split]]
@@ -119,6 +127,7 @@ def musubi_config(splits: list[str]) -> str:
         "[[datasets]]\n"
         f'image_directory = "{train}/target"\n'
         f'control_directory = "{train}/control"\n'
+        "# the latent cache lives in this folder: a new export (other images) starts a new one\n"
         f'cache_directory = "{train}/cache"\n'
     )
 
