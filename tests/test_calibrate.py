@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -384,3 +385,39 @@ def test_cli_writes_exclusions_only_when_asked(mined, tmp_path, capsys):
             parse_config({"models": "sim", **yaml.safe_load(text)})
     assert reports["plain"]["exclude_unreachable"] is False
     assert reports["excluding"]["exclude_unreachable"] is True
+
+
+def test_judges_of_one_name_are_all_reported_and_labels_in_a_run_find_its_images(
+    mined, tmp_path, capsys
+):
+    """Two --judge configs named judge.yaml in two folders: both in the report. Labels kept
+    in the run (RUN/labels) are re-scored from the run's images without --run."""
+    run_dir, _ = mined
+    assert main(["label", str(run_dir), "--sample", "30", "--simulate-raters", "2"]) == 0
+    configs = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        configs.append(tmp_path / folder / "judge.yaml")
+        shutil.copy("configs/quickstart.yaml", configs[-1])
+    output = tmp_path / "report"
+    argv = ["calibrate", str(run_dir / "labels"), "--output", str(output), "--bootstrap", "50"]
+    for config in configs:
+        argv += ["--judge", str(config)]
+    assert main(argv) == 0
+    report = json.loads((output / "calibration.json").read_text())
+    assert set(report["judges"]) == {"judge", "b/judge"}
+    assert all(figures["n"] == report["items"] for figures in report["judges"].values())
+
+
+def test_a_judge_that_scores_nothing_fails_the_calibration(mined, tmp_path, capsys):
+    run_dir, _ = mined
+    assert main(["label", str(run_dir), "--sample", "10", "--simulate-raters", "2"]) == 0
+    config = yaml.safe_load(open("configs/quickstart.yaml").read())
+    config["models"]["validator"]["faults"] = {"timeout": 1.0}
+    config["retry"] = {"max_attempts": 1, "backoff_s": 0.0}
+    judge = tmp_path / "dead.yaml"
+    judge.write_text(yaml.safe_dump(config))
+    argv = ["calibrate", str(run_dir / "labels"), "--judge", str(judge), "--bootstrap", "20"]
+    assert main([*argv, "--output", str(tmp_path / "out")]) == 3
+    assert "judge dead scored none of the" in capsys.readouterr().err
+    assert main([*argv, "--role", "nosuch"]) == 2

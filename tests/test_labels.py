@@ -220,3 +220,19 @@ def test_labels_live_on_object_storage_too(mined, bucket, s3_server, tmp_path):
     out = tmp_path / "openai"
     assert main(["export-tuning", url, "--format", "openai", "--output", str(out)]) == 0
     assert len((out / "train.jsonl").read_text().splitlines()) >= 4
+
+
+def test_a_small_sample_covers_every_category_whatever_the_seed():
+    """Six buckets, twelve categories: the first twelve picks are twelve categories, not the
+    same first few of every bucket."""
+    categories = [f"op{k:02d}" for k in range(12)]
+    items = [
+        {"item": f"{b}-{c}-{n}", "bucket": b, "category": c}
+        for b in range(6)
+        for c in categories
+        for n in range(5)
+    ]
+    for seed in (0, 1, 2):
+        sample = stratified_sample(items, 12, seed=seed)
+        assert {item["category"] for item in sample} == set(categories), seed
+        assert {item["bucket"] for item in sample[:6]} == set(range(6))

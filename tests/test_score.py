@@ -12,10 +12,12 @@ import json
 import struct
 import tarfile
 import zlib
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from PIL import Image
 
 from nhr.cli import main
@@ -258,3 +260,22 @@ def test_a_hub_dataset_that_cannot_be_opened_is_one_clear_error(monkeypatch, cap
     assert error.count("\n") == 1 and "Traceback" not in error
     assert error.startswith("nhr: error: not-a-hub/id: no such local file or folder")
     assert "ConnectionError: Couldn't reach 'not-a-hub/id' on the Hub" in error
+
+
+def test_a_judge_that_answers_nothing_is_a_failed_score(tmp_path, triplets, capsys):
+    """A judge whose every call fails (a dead server, a refused key) scored nothing: that is
+    exit 3 with one line, not a table of n 0 and exit 0."""
+    config = yaml.safe_load(Path(JUDGE).read_text())
+    config["models"]["validator"]["faults"] = {"timeout": 1.0}  # every call times out
+    config["retry"] = {"max_attempts": 1, "backoff_s": 0.0}
+    judge = tmp_path / "judge.yaml"
+    judge.write_text(yaml.safe_dump(config))
+    spec = magicbrush(tmp_path / "magicbrush.parquet", triplets)
+    assert main(["score", str(spec), "--judge", str(judge), "--sample", "5"]) == 3
+    assert "no triplet could be scored" in capsys.readouterr().err
+
+
+def test_an_unknown_role_is_one_line(tmp_path, triplets, capsys):
+    spec = magicbrush(tmp_path / "magicbrush.parquet", triplets)
+    assert main(["score", str(spec), "--judge", JUDGE, "--role", "nosuch"]) == 2
+    assert capsys.readouterr().err.startswith("nhr: error: --role 'nosuch' is not a model role")

@@ -713,11 +713,24 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise _UsageError(str(error)) from None
     if not rows:
         raise _UsageError(f"{args.labels}: no ratings in it")
+    from nhr.labels import run_of_labels
+
+    _check_role(args.role)
     items = {row["item"] for row in rows}
     store = _existing_run(args.run) if args.run else None
     judges, operations = cal.run_judges(store, items) if store is not None else ([], {})
+    # labels kept in a run (RUN, RUN/labels) rate its candidates: --judge reads their images
+    # there even without --run (whose stored judges are then not part of the report)
+    images = store or run_of_labels(args.labels)
+    rescored = []
     for config in args.judge:
-        judges.append(cal.rescored_judge(config, args.role, rows, store, args.labels))
+        try:
+            judge = cal.rescored_judge(config, args.role, rows, images, args.labels)
+        except ValueError as error:  # a config without that role's model
+            raise _UsageError(f"{config}: {error}") from None
+        judge = _unique_name(judge, config, {j.name for j in judges})
+        judges.append(judge)
+        rescored.append(judge)
     if not judges:
         raise _UsageError("no judge scored any labelled item (are the labels from this run?)")
     report = cal.calibrate(
@@ -756,7 +769,36 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"{cal._fmt(t['recall'], t['recall_ci'])}"
         )
     print("  files: " + ", ".join(written))
-    return 0
+    silent = [judge for judge in rescored if not judge.scores]
+    for judge in silent:  # a judge that answered nothing is broken, not calibrated
+        print(
+            f"nhr: judge {judge.name} scored none of the {len(items)} labelled items "
+            f"({judge.failed} failed): see the warnings above",
+            file=sys.stderr,
+        )
+    return EXIT_NOTHING_MINED if silent else 0
+
+
+def _check_role(role: str) -> None:
+    from nhr.config import ROLES
+
+    if role not in ROLES:
+        raise _UsageError(f"--role {role!r} is not a model role; roles: {', '.join(ROLES)}")
+
+
+def _unique_name(judge, config: str, taken: set[str]):
+    """Two judges of one name would share one entry of the report: the second is named
+    by its folder too ("a/judge"), or numbered."""
+    import dataclasses
+
+    if judge.name not in taken:
+        return judge
+    folder = Path(config).parent.name
+    name = f"{folder}/{judge.name}" if folder else judge.name
+    number = 2
+    while name in taken:
+        name, number = f"{judge.name}-{number}", number + 1
+    return dataclasses.replace(judge, name=name)
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -765,6 +807,7 @@ def _score(args: argparse.Namespace) -> int:
     from nhr.score import parse_columns, plot_png, render_table, score_datasets
     from nhr.storage import open_storage
 
+    _check_role(args.role)
     try:
         columns = parse_columns(args.columns)
         report = score_datasets(
@@ -785,6 +828,13 @@ def _score(args: argparse.Namespace) -> int:
         storage.write_bytes("scores.json", json.dumps(report, indent=2).encode("utf-8"))
         storage.write_bytes("scores.png", plot_png(report))
         print(f"scores.json and scores.png in {storage.where('')}")
+    if not any(entry["n"] for entry in report["datasets"].values()):
+        print(
+            "nhr: no triplet could be scored (see the rejected reasons above: judge_* ones "
+            "mean the judge did not answer)",
+            file=sys.stderr,
+        )
+        return EXIT_NOTHING_MINED
     return 0
 
 

@@ -78,31 +78,32 @@ def stratified_sample(
     """`count` items spread evenly over buckets, and within a bucket over categories.
 
     Round robin: each pass takes one item from every bucket that has any left, each bucket
-    cycling through its categories; a stratum's items come in a seeded random order. The
-    result is in drawing order (so a rater who stops early has rated a balanced prefix)."""
+    cycling through the categories it has, in one seeded order of all categories, from its
+    own place in it: bucket i of B starts i/B of the way along, so a small sample covers as
+    many categories as it can (started alike, every bucket gave the same first few). A
+    stratum's items come in a seeded random order. The result is in drawing order (so a
+    rater who stops early has rated a balanced prefix)."""
     generator = random.Random(seed)
     strata: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for item in items:
         strata.setdefault(item["bucket"], {}).setdefault(item["category"], []).append(item)
-    queues: dict[str, list[list[dict[str, Any]]]] = {}
     for bucket in sorted(strata):
-        lists = []
         for category in sorted(strata[bucket]):
-            members = list(strata[bucket][category])
-            generator.shuffle(members)
-            lists.append(members)
-        queues[bucket] = lists
-    turn = dict.fromkeys(queues, 0)
+            generator.shuffle(strata[bucket][category])
+    cycle = sorted({item["category"] for item in items})
+    generator.shuffle(cycle)
+    buckets = sorted(strata)
+    turn = {bucket: i * len(cycle) // len(buckets) for i, bucket in enumerate(buckets)}
     chosen: list[dict[str, Any]] = []
-    while len(chosen) < count and any(any(q) for q in queues.values()):
-        for bucket, lists in queues.items():
+    while len(chosen) < count and any(any(c.values()) for c in strata.values()):
+        for bucket in buckets:
             if len(chosen) >= count:
                 break
-            for _ in range(len(lists)):  # the bucket's next category that has items left
-                members = lists[turn[bucket] % len(lists)]
-                turn[bucket] += 1
+            for step in range(len(cycle)):  # the bucket's next category that has items left
+                members = strata[bucket].get(cycle[(turn[bucket] + step) % len(cycle)])
                 if members:
                     chosen.append(members.pop())
+                    turn[bucket] += step + 1
                     break
     return chosen
 

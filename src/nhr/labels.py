@@ -290,3 +290,19 @@ def items_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for row in rows:
         first.setdefault(row["item"], row)
     return first
+
+
+def run_of_labels(location: str | Path, run: str | Path | None = None) -> Any:
+    """The run whose candidates the labels rate: `run` (--run), or the run the labels live
+    in (LABELS is RUN, RUN/labels or a file in it); None for labels of outside triplets."""
+    from nhr.store import RunStore
+
+    if run is not None:
+        return RunStore(run)
+    text = str(location).rstrip("/")
+    for candidate in (text, text.rpartition("/")[0], text.rpartition("/")[0].rpartition("/")[0]):
+        if candidate:
+            store = RunStore(candidate)
+            if store.has_config():
+                return store
+    return None

@@ -86,13 +86,14 @@ def resolve_judge(
     template name of nhr, a file holding the prompt, or the prompt text with $instruction)
     replaces its prompt. Checked here, so a bad prompt fails before any file is written."""
     from nhr.config import JudgeOutput, parse_config
+    from nhr.labels import run_of_labels
 
     if judge_config is not None:
         from nhr.calibrate import load_judge_config
 
         judge = load_judge_config(judge_config).validate_.judge
     else:
-        store = _run_of(location, run)
+        store = run_of_labels(location, run)
         judge = parse_config(store.read_config()).validate_.judge if store else JudgeOutput()
     if prompt is not None:
         path = Path(prompt)
@@ -115,33 +116,24 @@ def resolve_judge(
 # --- examples --------------------------------------------------------------------------------
 
 
-def _run_of(location: str | Path, run: str | Path | None):
-    """The run whose candidates the labels rate: --run, or the run the labels live in."""
-    from nhr.store import RunStore
-
-    if run is not None:
-        return RunStore(run)
-    text = str(location).rstrip("/")
-    for candidate in (text, text.rpartition("/")[0], text.rpartition("/")[0].rpartition("/")[0]):
-        if candidate:
-            store = RunStore(candidate)
-            if store.has_config():
-                return store
-    return None
-
-
 def examples(
     location: str | Path, run: str | Path | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One example per rated item: {item, instruction, category, source, edited (bytes),
     source_key (digest of the source bytes), truth (instruction, aesthetics)}; and the
     label rows."""
-    from nhr.labels import ground_truth, items_of, outside_image_reader, read_labels
+    from nhr.labels import (
+        ground_truth,
+        items_of,
+        outside_image_reader,
+        read_labels,
+        run_of_labels,
+    )
 
     rows = read_labels(location)
     truth = ground_truth(rows)
     firsts = items_of(rows)
-    store = _run_of(location, run)
+    store = run_of_labels(location, run)
     known: dict[str, dict[str, Any]] = {}
     if store is not None:
         from nhr.label_sample import candidates

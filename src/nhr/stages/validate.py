@@ -137,7 +137,10 @@ def judge_scores(
     with `validate.samples` K > 1, K sampled requests per item, aggregated as the stage does."""
     from nhr.backends import create_backend
 
-    backend = create_backend(getattr(config.models, role))
+    model = getattr(config.models, role, None)
+    if model is None:
+        raise ValueError(f"the judge config has no models.{role} (see --role)")
+    backend = create_backend(model)
     ctx = StageContext(config, images, backends=lambda _role: backend)
     results = sampled_scores(ctx, role, items, on_done=on_done)
     how = config.validate_.aggregate
