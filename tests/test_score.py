@@ -279,3 +279,16 @@ def test_an_unknown_role_is_one_line(tmp_path, triplets, capsys):
     spec = magicbrush(tmp_path / "magicbrush.parquet", triplets)
     assert main(["score", str(spec), "--judge", JUDGE, "--role", "nosuch"]) == 2
     assert capsys.readouterr().err.startswith("nhr: error: --role 'nosuch' is not a model role")
+
+
+def test_a_tar_cut_short_keeps_what_it_holds_and_a_non_tar_is_one_line(tmp_path, triplets, capsys):
+    whole = webdataset(tmp_path / "whole.tar", triplets)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: len(data) * 2 // 3])  # a copy interrupted part way
+    report = score_datasets([str(cut)], JUDGE, sample=100, rounds=50, seed=0)
+    assert 0 < report["datasets"]["cut"]["n"] < len(triplets)
+    (tmp_path / "notatar.tar").write_bytes(b"this is not a tar archive" * 40)
+    assert main(["score", str(tmp_path / "notatar.tar"), "--judge", JUDGE]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a readable tar archive" in err[0]

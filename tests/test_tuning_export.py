@@ -312,3 +312,16 @@ def test_calibrate_compares_the_tuned_judge_with_the_base_one_on_the_held_out_sp
     table = (report_dir / "calibration.md").read_text()
     assert "| judge | n | MAE instr | rho instr | MAE aes | rho aes |" in table
     assert "| base |" in table and "| tuned |" in table
+
+
+@pytest.mark.parametrize("fmt", ["openai", "trl", "vertex-gemini"])
+def test_a_corrupt_outside_image_is_one_line_and_nothing_is_written(tmp_path, capsys, fmt):
+    labels = outside_labels(tmp_path, items=4)
+    (tmp_path / "images" / "edit2.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    argv = ["export-tuning", str(labels), "--format", fmt, "--output", str(tmp_path / "out")]
+    if fmt == "vertex-gemini":
+        argv += ["--image-uri-prefix", "gs://bucket/images/"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "edit2.png is not a usable image" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import tarfile
 from collections import Counter
@@ -69,6 +70,8 @@ COLUMN_NAMES: dict[str, tuple[str, ...]] = {
 }
 ROUNDS = 2000  # bootstrap rounds (the paper's B)
 CHUNK = 64  # Parquet rows read at a time
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -205,16 +208,26 @@ def _webdataset(path: Path, count: int, random, columns) -> tuple[Iterator[Sampl
     shards = [path] if path.is_file() else sorted(path.glob("*.tar"))
     members: dict[str, dict[str, tuple[Path, tarfile.TarInfo]]] = {}
     for shard in shards:
-        with tarfile.open(shard) as archive:
-            for info in archive:
-                if not info.isfile():
-                    continue
-                name = info.name.rsplit("/", 1)[-1]
-                key, _, extension = name.partition(".")
-                folder = info.name[: -len(name)]
-                files = members.setdefault(folder + key, {})
-                files[extension] = (shard, info)
-                files.setdefault(extension.split(".")[0], (shard, info))  # "source" of source.png
+        listed = 0
+        try:
+            with tarfile.open(shard) as archive:
+                for info in archive:
+                    listed += 1
+                    if not info.isfile():
+                        continue
+                    name = info.name.rsplit("/", 1)[-1]
+                    key, _, extension = name.partition(".")
+                    folder = info.name[: -len(name)]
+                    files = members.setdefault(folder + key, {})
+                    files[extension] = (shard, info)
+                    files.setdefault(extension.split(".")[0], (shard, info))  # source.png
+        except (OSError, tarfile.TarError) as error:
+            if not listed:
+                detail = str(error).splitlines()[0].rstrip(":") if str(error) else ""
+                raise ValueError(f"{shard} is not a readable tar archive ({detail})") from None
+            # a shard cut short: its samples up to the cut are kept, the last one may be
+            # incomplete (its missing parts are counted as unreadable rows)
+            log.warning("%s is cut short after %d members (%s)", shard, listed, error)
     keys = sorted(members)
     available = sorted({e for m in members.values() for e in m})
     given = dict(columns)

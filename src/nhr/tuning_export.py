@@ -139,6 +139,8 @@ def examples(
         from nhr.label_sample import candidates
 
         known = {c["item"]: c for c in candidates(store)}
+    from nhr.sources import decode_checked
+
     read_outside = outside_image_reader(location)
     found = []
     for item, row in firsts.items():
@@ -148,6 +150,12 @@ def examples(
                 edited = read_outside(row["edited_image"])
             except (FileNotFoundError, OSError) as error:
                 raise TuningExportError(f"item {item}: cannot read its image ({error})") from None
+            for kind, data in (("source_image", source), ("edited_image", edited)):
+                problem = decode_checked(data)  # before anything is written
+                if isinstance(problem, str):
+                    raise TuningExportError(
+                        f"item {item}: its {kind} {row[kind]} is not a usable image ({problem})"
+                    )
             instruction, category = row["instruction"], row["category"]
         elif item in known:
             candidate = known[item]
