@@ -238,3 +238,20 @@ def test_report_prints_the_estimate_and_q_only_where_the_report_is(mined, capsys
     assert capsys.readouterr().out.splitlines() == [
         f"report for the finished run: {run_dir / 'report' / 'index.html'}"
     ]
+
+
+def test_two_ways_to_label_at_once_are_refused(mined, tmp_path, capsys):
+    run_dir, _ = mined
+    argv = ["label", str(run_dir), "--sample", "3", "--simulate-raters", "2"]
+    assert main([*argv, "--to-label-studio", str(tmp_path / "ls")]) == 2
+    assert "--simulate-raters and --to-label-studio are different ways" in capsys.readouterr().err
+    assert not (tmp_path / "ls").exists()
+
+
+@pytest.mark.parametrize("value", ["6", "0.5", "nan"])
+def test_calibrate_positive_above_is_on_the_label_scale(tmp_path, capsys, value):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("item,rater,instruction_score,aesthetics_score\na,r,4,4\n")
+    argv = ["calibrate", str(labels), "--judge", "configs/quickstart.yaml"]
+    assert main([*argv, "--positive-above", value]) == 2
+    assert "--positive-above is on the labels' 1-5 scale" in capsys.readouterr().err

@@ -623,6 +623,14 @@ def _label(args: argparse.Namespace) -> int:
     from nhr.label_sample import NotASimulatorRun, run_sample, write_simulated
     from nhr.labels import LabelsError
 
+    modes = {
+        "--from-label-studio": args.from_label_studio,
+        "--simulate-raters": args.simulate_raters is not None,
+        "--to-label-studio": args.to_label_studio,
+    }
+    chosen = [flag for flag, given in modes.items() if given]
+    if len(chosen) > 1:
+        raise _UsageError(f"{' and '.join(chosen)} are different ways to label: give one")
     store = _existing_run(args.run_dir)
     try:
         if args.from_label_studio:
@@ -699,6 +707,11 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if not args.run and not args.judge:
         raise _UsageError("give --run RUN (its stored scores) or --judge CONFIG (or both)")
+    if not 1 <= args.positive_above < 5:  # also refuses nan
+        raise _UsageError(
+            f"--positive-above is on the labels' 1-5 scale (at least 1, below 5), not "
+            f"{args.positive_above}"
+        )
     if not 0 < args.target_precision <= 1:  # also refuses nan
         raise _UsageError(
             f"--target-precision must be above 0 and at most 1, not {args.target_precision}"
