@@ -3,20 +3,23 @@ protocol: two raters, a reload mid-way, keyboard shortcuts, and an instruction h
 that must be shown as text."""
 
 import contextlib
+import http.client
 import json
 import shutil
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
 
 from helpers import CHROMIUM_FLAGS
 from nhr import records
+from nhr.cli import main
 from nhr.label_sample import run_sample
-from nhr.label_server import RatingSession, make_server, rater_key
-from nhr.labels import read_labels
+from nhr.label_server import RatingSession, make_server, rater_key, serve
+from nhr.labels import LabelsError, read_labels
 from nhr.store import RunStore
 
 HOSTILE = '<script>document.title="pwned"</script><b>bold</b> & more'
@@ -38,9 +41,9 @@ def hostile_run(mined, tmp_path_factory):
     return copy
 
 
-@pytest.fixture()
-def page_server(hostile_run):
-    store = RunStore(hostile_run)
+@contextlib.contextmanager
+def serving(run):
+    store = RunStore(run)
     sample = run_sample(store, SAMPLE, seed=0)
     server = make_server(RatingSession(store, sample))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -48,6 +51,19 @@ def page_server(hostile_run):
     yield f"http://127.0.0.1:{server.server_address[1]}/", store, sample
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture()
+def page_server(hostile_run):
+    with serving(hostile_run) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def shared_server(hostile_run):
+    """One server for the many requests that save nothing (a shutdown takes half a second)."""
+    with serving(hostile_run) as served:
+        yield served
 
 
 class Browser:
@@ -189,7 +205,9 @@ def test_two_raters_with_a_reload_and_escaped_instructions(page_server, browser)
         "document.getElementById('source').naturalWidth > 0"
     )
 
+    browser.evaluate("document.getElementById('comment').value = 'smudge on the left'")
     first = rate_current(browser, "4", "5")
+    assert browser.evaluate("document.getElementById('comment').value") == ""  # a new item
     second = rate_current(browser, "2", "3")
     assert [first, second] == [item["item"] for item in sample[:2]]
 
@@ -205,7 +223,15 @@ def test_two_raters_with_a_reload_and_escaped_instructions(page_server, browser)
     assert (
         browser.evaluate("document.querySelector('input[name=instruction]:checked').value") == "2"
     )
-    browser.key("ArrowRight")
+    assert browser.evaluate("document.getElementById('comment').value") == ""
+    # the first one shows its saved comment, and saving it again keeps the comment
+    browser.key("ArrowLeft")
+    assert current_item(browser) == first
+    assert browser.evaluate("document.getElementById('comment').value") == "smudge on the left"
+    browser.key("Enter")
+    browser.wait_for(
+        f"document.getElementById('task').dataset.item === {json.dumps(sample[2]['item'])}"
+    )
     while browser.evaluate("!document.getElementById('task').hidden"):
         rate_current(browser, "5", "5")
     assert browser.evaluate("!document.getElementById('done').hidden")
@@ -225,6 +251,7 @@ def test_two_raters_with_a_reload_and_escaped_instructions(page_server, browser)
     assert len(by_rater["alice"]) == SAMPLE
     assert by_rater["alice"][first]["instruction_score"] == 4.0
     assert by_rater["alice"][first]["aesthetics_score"] == 5.0
+    assert by_rater["alice"][first]["comment"] == "smudge on the left"
     assert by_rater["alice"][second]["instruction_score"] == 2.0
     assert list(by_rater["Bob <b>"].values())[0]["instruction_score"] == 1.0
     assert store.storage.exists(rater_key("alice"))
@@ -287,3 +314,126 @@ def test_ratings_survive_a_restarted_server(hostile_run, tmp_path):
     again = RatingSession(store, sample).progress("dana")
     assert again["rated"] == {sample[0]["item"]: [5.0, 5.0], sample[1]["item"]: [3.0, 4.0]}
     assert len(read_labels(copy)) == 2
+
+
+def request(url, method, path, body=b"", headers=()):
+    """(status, body) of one raw request, with exactly the headers given (Host included)."""
+    address = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    try:
+        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers:
+            connection.putheader(name, value)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1:9000", "localhost:1", "LOCALHOST:8765", "[::1]:9000", "127.0.0.1", "localhost"],
+)
+def test_the_page_answers_loopback_names_on_any_port(shared_server, host):
+    # an SSH forward (ssh -L 9000:127.0.0.1:PORT) keeps a loopback name but not the port
+    url, _, _ = shared_server
+    status, body = request(url, "GET", "/", headers=[("Host", host)])
+    assert status == 200 and b"nhr rating" in body
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["evil.example:9000", "127.0.0.1.evil.example", "localhost.evil.example:80", "127.0.0.2:1", ""],
+)
+def test_the_page_refuses_foreign_host_names_on_any_port(shared_server, host):
+    url, _, _ = shared_server
+    headers = [("Host", host)] if host else []
+    assert request(url, "GET", "/", headers=headers)[0] == 403
+
+
+def rating(**fields):
+    return json.dumps(fields).encode()
+
+
+@pytest.mark.parametrize(
+    "body, length",
+    [
+        pytest.param(rating(rater="e", item=[], instruction_score=3), None, id="item-a-list"),
+        pytest.param(rating(item=[]), None, id="no-rater"),
+        pytest.param(rating(rater="e", item={"a": 1}), None, id="item-an-object"),
+        pytest.param(rating(rater=["e"], item="x"), None, id="rater-a-list"),
+        pytest.param(
+            rating(rater="e", item="ITEM", instruction_score={}, aesthetics_score=3),
+            None,
+            id="score-an-object",
+        ),
+        pytest.param(
+            rating(rater="e", item="ITEM", instruction_score=3, aesthetics_score=[3]),
+            None,
+            id="score-a-list",
+        ),
+        pytest.param(
+            rating(rater="e", item="ITEM", instruction_score=3, aesthetics_score=3, comment=[1]),
+            None,
+            id="comment-a-list",
+        ),
+        pytest.param(
+            b'{"rater": "e", "item": "ITEM", "instruction_score": 1' + b"0" * 400 + b"}",
+            None,
+            id="score-too-big-for-a-float",
+        ),
+        pytest.param(b"[" * 30000 + b"]" * 30000, None, id="nesting-too-deep"),
+        pytest.param(b"not json", None, id="not-json"),
+        pytest.param(b"\xff\xfe", None, id="not-utf-8"),
+        pytest.param(b"[1, 2]", None, id="not-an-object"),
+        pytest.param(rating(rater="e"), "abc", id="length-abc"),
+        pytest.param(rating(rater="e"), "-1", id="length-negative"),
+        pytest.param(rating(rater="e"), "1e3", id="length-1e3"),
+        pytest.param(rating(rater="e"), "9" * 5000, id="length-huge"),
+    ],
+)
+def test_a_malformed_rating_request_is_a_400_with_a_reason(shared_server, capfd, body, length):
+    url, _, sample = shared_server
+    body = body.replace(b"ITEM", sample[0]["item"].encode())
+    host = ("Host", urllib.parse.urlsplit(url).netloc)
+    headers = [host, ("Content-Type", "application/json")]
+    headers.append(("Content-Length", str(len(body)) if length is None else length))
+    status, answer = request(url, "POST", "/api/rate", body, headers)
+    assert status in (400, 413)
+    assert json.loads(answer)["error"]
+    assert "Traceback" not in capfd.readouterr().err  # nothing on the server's terminal
+    assert request(url, "GET", "/api/items", headers=[host])[0] == 200
+
+
+def test_the_progress_returns_the_saved_comments(hostile_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(hostile_run, copy, ignore=shutil.ignore_patterns("labels"))
+    store = RunStore(copy)
+    sample = run_sample(store, SAMPLE, seed=0)
+    first, second = (item["item"] for item in sample[:2])
+    session = RatingSession(store, sample)
+    for item, comment in ((first, "too dark"), (second, "")):
+        session.rate(
+            {
+                "rater": "erin",
+                "item": item,
+                "instruction_score": 3,
+                "aesthetics_score": 3,
+                "comment": comment,
+            }
+        )
+    assert RatingSession(store, sample).progress("erin")["comments"] == {first: "too dark"}
+
+
+@pytest.mark.parametrize("port", [99999, 65536, -1])
+def test_a_port_out_of_range_is_refused(hostile_run, port):
+    store = RunStore(hostile_run)
+    with pytest.raises(LabelsError, match=f"--port {port}: a port from 1 to 65535"):
+        serve(store, run_sample(store, 1), port)
+
+
+def test_cli_refuses_a_port_out_of_range_in_one_line(hostile_run, capsys):
+    assert main(["label", str(hostile_run), "--sample", "3", "--port", "99999"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("nhr: error: --port 99999") and error.count("\n") == 1

@@ -13,7 +13,7 @@ import pytest
 
 from nhr.cli import main
 from nhr.label_sample import run_sample
-from nhr.label_studio import export_tasks, import_export, labeling_config
+from nhr.label_studio import export_tasks, import_export, import_into_run, labeling_config
 from nhr.labels import LabelsError, item_id, read_labels
 from nhr.store import RunStore
 
@@ -62,11 +62,15 @@ def test_export_writes_import_format_tasks_with_images(run_copy, tmp_path, capsy
             assert (out / url.split("?d=")[1]).read_bytes().startswith(b"\x89PNG")
 
 
-def test_export_uses_the_given_image_url_prefix(run_copy, tmp_path):
+@pytest.mark.parametrize("prefix", ["https://cdn.example/imgs", "https://cdn.example/imgs/"])
+def test_the_image_url_prefix_is_the_uploaded_images_folder(run_copy, tmp_path, prefix):
+    # the docs: upload DIR/images/ and pass that place; one "/" joins it to the file name
     sample = run_sample(RunStore(run_copy), 2)
-    export_tasks(RunStore(run_copy), sample, str(tmp_path), "https://cdn.example/ls/")
+    export_tasks(RunStore(run_copy), sample, str(tmp_path), prefix)
     tasks = json.loads((tmp_path / "tasks.json").read_text())
-    assert tasks[0]["data"]["source_image"].startswith("https://cdn.example/ls/images/")
+    digest = sample[0]["source_image"]
+    assert tasks[0]["data"]["source_image"] == f"https://cdn.example/imgs/{digest}.png"
+    assert (tmp_path / "images" / f"{digest}.png").exists()
 
 
 def annotation(ident, user, instruction, aesthetics, comment=None, cancelled=False):
@@ -191,3 +195,117 @@ def test_cli_imports_into_the_runs_labels(run_copy, tmp_path, capsys):
     assert "imported 3 ratings" in capsys.readouterr().out
     rows = read_labels(run_copy / "labels" / "label-studio.parquet")
     assert len(rows) == 3 and rows[0]["instruction"] == "Remove the <b>cat</b>"
+
+
+def malformed(where):
+    """export_document() with one part of task 1 broken as `where` says."""
+    document = export_document()
+    annotations = document[0]["annotations"]
+    if where == "null annotation":
+        annotations.append(None)
+    elif where == "annotations not a list":
+        document[0]["annotations"] = {"id": 11}
+    elif where == "null region":
+        annotations[0]["result"].append(None)
+    elif where == "result not a list":
+        annotations[0]["result"] = "4 stars"
+    elif where == "value not an object":
+        annotations[0]["result"][0]["value"] = [4]
+    elif where == "comment text not strings":
+        annotations[0]["result"][2]["value"]["text"] = [{"x": 1}]
+    return document
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "null annotation",
+        "annotations not a list",
+        "null region",
+        "result not a list",
+        "value not an object",
+        "comment text not strings",
+    ],
+)
+def test_a_malformed_export_is_one_error_naming_the_file_and_task(where):
+    data = json.dumps(malformed(where)).encode()
+    with pytest.raises(LabelsError, match=r"^export\.json task 1\b"):
+        import_export(data, "export.json")
+
+
+def test_skipped_and_empty_annotations_are_not_errors():
+    # what Label Studio itself writes: a skipped task (cancelled, empty result), null result
+    document = export_document()
+    document[0]["annotations"] += [
+        {"id": 14, "completed_by": 9, "result": [], "was_cancelled": True},
+        {"id": 15, "completed_by": 9, "result": None},
+    ]
+    assert len(import_export(json.dumps(document).encode(), "export.json")) == 3
+
+
+def test_an_export_without_ratings_is_an_error():
+    document = [{"id": 1, "data": {"item": "cand-1"}, "annotations": []}]
+    with pytest.raises(LabelsError, match="other.json: no ratings in it"):
+        import_export(json.dumps(document).encode(), "other.json")
+    with pytest.raises(LabelsError, match="no ratings in it"):
+        import_export(b"[]", "other.json")
+
+
+def write_export(path, document):
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+def rows_by_key(run):
+    rows = read_labels(run / "labels" / "label-studio.parquet")
+    return {(r["item"], r["rater"]): r for r in rows}, len(rows)
+
+
+def test_imports_add_up_and_never_lose_or_duplicate_ratings(run_copy, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run)
+    store = RunStore(run)
+    first = write_export(tmp_path / "export.json", export_document())
+    assert import_into_run(store, first)[1:] == (3, 3)
+    assert import_into_run(store, first)[1:] == (3, 3)  # the same export again: no duplicate
+
+    # an empty export: an error, and the earlier ratings are still there
+    empty = write_export(tmp_path / "other.json", [{"id": 1, "data": {"item": "x"}}])
+    with pytest.raises(LabelsError, match="no ratings"):
+        import_into_run(store, empty)
+    assert rows_by_key(run)[1] == 3
+
+    # a second project's export adds its ratings; a newer rating of the same item by the
+    # same rater replaces the older one
+    second = [
+        {"id": 1, "data": {"item": "cand-9", "instruction": "y"}, "annotations": []},
+        {"id": 2, "data": {"item": "cand-1", "instruction": "x"}, "annotations": []},
+    ]
+    second[0]["annotations"].append(annotation(91, 7, 5, 5))
+    second[1]["annotations"].append(annotation(92, 7, 2, 2))
+    second[1]["annotations"].append(annotation(93, 7, 1, 2))  # the same rater again: counts
+    where, imported, total = import_into_run(store, write_export(tmp_path / "p2.json", second))
+    assert where.endswith("label-studio.parquet") and (imported, total) == (2, 4)
+    rows, count = rows_by_key(run)
+    assert count == 4
+    assert rows[("cand-9", "label-studio-user-7")]["instruction_score"] == 5.0
+    assert rows[("cand-1", "label-studio-user-7")]["instruction_score"] == 1.0  # the newer
+    assert rows[("cand-1", "bo@example.org")]["instruction_score"] == 3.0  # kept
+
+
+@pytest.mark.parametrize("name", ["missing.json", "."])
+def test_an_unreadable_export_file_is_a_labels_error(run_copy, tmp_path, name):
+    path = str(tmp_path / name)
+    with pytest.raises(LabelsError, match=rf"^{re.escape(path)}: cannot read it"):
+        import_into_run(RunStore(run_copy), path)
+
+
+def test_cli_refuses_an_empty_import_and_keeps_the_ratings(run_copy, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run)
+    good = write_export(tmp_path / "export.json", export_document())
+    assert main(["label", str(run), "--from-label-studio", good]) == 0
+    empty = write_export(tmp_path / "other.json", [])
+    assert main(["label", str(run), "--from-label-studio", empty]) == 2
+    assert "no ratings in it" in capsys.readouterr().err
+    assert rows_by_key(run)[1] == 3

@@ -143,7 +143,7 @@ def _build_parser() -> argparse.ArgumentParser:
     label.add_argument(
         "--from-label-studio",
         metavar="EXPORT",
-        help="import Label Studio's JSON export into RUN/labels/label-studio.parquet",
+        help="merge Label Studio's JSON export into RUN/labels/label-studio.parquet",
     )
 
     tuning = commands.add_parser(
@@ -634,14 +634,10 @@ def _label(args: argparse.Namespace) -> int:
     store = _existing_run(args.run_dir)
     try:
         if args.from_label_studio:
-            from nhr.label_studio import import_export
-            from nhr.labels import LABELS_FOLDER, write_labels
+            from nhr.label_studio import import_into_run
 
-            with open(args.from_label_studio, "rb") as handle:
-                rows = import_export(handle.read(), args.from_label_studio)
-            key = f"{LABELS_FOLDER}/label-studio.parquet"
-            write_labels(store.storage, key, rows)
-            print(f"imported {len(rows)} ratings into {store.where(key)}")
+            where, count, total = import_into_run(store, args.from_label_studio)
+            print(f"imported {count} ratings into {where} ({total} in it)")
             return 0
         if args.sample < 1:
             raise _UsageError("--sample must be at least 1")

@@ -9,8 +9,9 @@ resumes where they stopped (a rating given again replaces the earlier one).
 
 Safety: model-written strings (instructions, categories) reach the page only as JSON and are
 shown with `textContent`, never parsed as HTML; the Content-Security-Policy allows no inline
-script; requests must name this server as their Host (no DNS rebinding) and ratings must come
-as JSON (no cross-site form posts).
+script; requests must name a loopback address (127.0.0.1, localhost or [::1], any port, so a
+forwarded port works) as their Host (no DNS rebinding) and ratings must come as JSON (no
+cross-site form posts). A malformed request gets a 400 with a JSON error, never a traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from nhr.labels import LABELS_FOLDER, LabelsError, read_labels, validate_row, wr
 PAGE_PREFIX = "page-"
 MAX_BODY = 64 * 1024
 MAX_RATER = 80
+# Loopback names with any port: a DNS-rebinding page has a foreign name in Host, while an SSH
+# forward (`ssh -L 9000:127.0.0.1:8765`) keeps a loopback name but changes the port.
+LOOPBACK_HOST = re.compile(r"(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?", re.IGNORECASE)
 
 
 def rater_key(rater: str) -> str:
@@ -68,14 +72,16 @@ class RatingSession:
     def progress(self, rater: str) -> dict[str, Any]:
         with self.lock:
             given = self.ratings.get(rater, {})
+            mine = {item: row for item, row in given.items() if item in self.by_item}
             return {
                 "rater": rater,
                 "total": len(self.sample),
                 "rated": {
                     item: [row["instruction_score"], row["aesthetics_score"]]
-                    for item, row in given.items()
-                    if item in self.by_item
+                    for item, row in mine.items()
                 },
+                # the page shows a saved comment again, so saving again does not wipe it
+                "comments": {item: row["comment"] for item, row in mine.items() if row["comment"]},
             }
 
     def rate(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -83,10 +89,14 @@ class RatingSession:
         if not isinstance(rater, str) or not rater.strip() or len(rater) > MAX_RATER:
             raise LabelsError(f"rating: a rater name of 1 to {MAX_RATER} characters is needed")
         rater = rater.strip()
-        item = self.by_item.get(body.get("item"))
+        item_id = body.get("item")
+        # isinstance first: an unhashable id (a list) must not reach the dict lookup
+        item = self.by_item.get(item_id) if isinstance(item_id, str) else None
         if item is None:
             raise LabelsError("rating: not an item of this sample")
         comment = body.get("comment") or None
+        if comment is not None and not isinstance(comment, str):
+            raise LabelsError("rating: the comment must be text")
         row = validate_row(
             "rating",
             item["item"],
@@ -97,7 +107,7 @@ class RatingSession:
                 "rater": rater,
                 "instruction_score": body.get("instruction_score"),
                 "aesthetics_score": body.get("aesthetics_score"),
-                "comment": comment if isinstance(comment, str) else None,
+                "comment": comment,
             },
         )
         with self.lock:
@@ -128,8 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _host_ok(self) -> bool:
-        port = self.server.server_address[1]
-        return self.headers.get("Host") in (f"127.0.0.1:{port}", f"localhost:{port}")
+        return LOOPBACK_HOST.fullmatch(self.headers.get("Host") or "") is not None
 
     def _send(self, status: int, body: bytes, kind: str, cache: bool = False) -> None:
         self.send_response(status)
@@ -179,20 +188,30 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
         if not (self.headers.get("Content-Type") or "").startswith("application/json"):
             return self._json({"error": "ratings come as JSON"}, HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
+        length = self.headers.get("Content-Length") or "0"
+        # digits only: int() would also take "-1" (read to EOF: a hung thread) or " 1_0"
+        if not length.isascii() or not length.isdigit():
+            self.close_connection = True  # the body's end is unknown: do not read another request
+            return self._json({"error": "a bad Content-Length"}, HTTPStatus.BAD_REQUEST)
+        if len(length) > 9 or int(length) > MAX_BODY:  # len first: int() refuses huge strings
+            self.close_connection = True
             return self._json({"error": "too large"}, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
+            body = json.loads(self.rfile.read(int(length)) or b"{}")
             if not isinstance(body, dict):
-                raise ValueError("not an object")
+                raise ValueError("a rating is a JSON object")
             return self._json(self.session.rate(body))
-        except (ValueError, LabelsError) as error:
-            return self._json({"error": str(error)}, HTTPStatus.BAD_REQUEST)
+        except (ValueError, TypeError, OverflowError, RecursionError) as error:
+            # any malformed body (LabelsError is a ValueError): a reason, not a traceback;
+            # OverflowError: a score like 1e400 written as an integer, RecursionError: [[[...]]]
+            return self._json({"error": str(error) or "malformed rating"}, HTTPStatus.BAD_REQUEST)
 
 
 def serve(store: Any, sample: list[dict[str, Any]], port: int | None = None) -> None:
     """Serve the page until interrupted, printing its address first."""
+    # checked here: the socket layer answers an out-of-range port with an OverflowError
+    if port is not None and not 0 <= port <= 65535:
+        raise LabelsError(f"--port {port}: a port from 1 to 65535, or 0 or none for a free one")
     session = RatingSession(store, sample)
     try:
         server = make_server(session, port or 0)
@@ -271,7 +290,7 @@ header { display: flex; gap: 2em; align-items: center; }
 
 SCRIPT = """"use strict";
 // Model-written text only ever goes through textContent: nothing here parses HTML.
-const state = { items: [], rated: {}, index: 0, rater: "", scale: 0 };
+const state = { items: [], rated: {}, comments: {}, index: 0, rater: "", scale: 0 };
 const $ = (id) => document.getElementById(id);
 const scales = ["instruction", "aesthetics"];
 
@@ -326,7 +345,7 @@ function show() {
       input.checked = given[i] !== null && Number(input.value) === given[i];
     });
   });
-  $("comment").value = "";
+  $("comment").value = state.comments[item.item] || "";  // saving again keeps it
   $("status").textContent = "";
   setScale(0);
 }
@@ -349,6 +368,7 @@ async function start(rater) {
   $("rater").value = state.rater;
   const progress = await getJSON("/api/progress?rater=" + encodeURIComponent(state.rater));
   state.rated = progress.rated;
+  state.comments = progress.comments;
   state.index = firstUnrated();
   document.body.dataset.ready = "1";
   show();
@@ -372,6 +392,7 @@ async function save() {
   const answer = await response.json();
   if (!response.ok) { $("status").textContent = answer.error; return; }
   state.rated = answer.rated;
+  state.comments = answer.comments;
   state.index = state.index + 1 < state.items.length && !(state.items[state.index + 1].item in state.rated)
     ? state.index + 1 : firstUnrated();
   show();

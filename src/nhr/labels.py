@@ -209,7 +209,7 @@ def _score(here: str, name: str, value: Any) -> float:
         raise LabelsError(f"{here}: {name} must be a number from 1 to 5, got {value!r}")
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit integer
         raise LabelsError(f"{here}: {name} must be a number from 1 to 5, got {value!r}") from None
     if not math.isfinite(number) or not SCALE[0] <= number <= SCALE[1]:
         raise LabelsError(f"{here}: {name} must be from 1 to 5, got {value!r}")
