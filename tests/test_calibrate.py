@@ -407,6 +407,10 @@ def test_judges_of_one_name_are_all_reported_and_labels_in_a_run_find_its_images
     report = json.loads((output / "calibration.json").read_text())
     assert set(report["judges"]) == {"judge", "b/judge"}
     assert all(figures["n"] == report["items"] for figures in report["judges"].values())
+    assert (output / "pr_curve-b-judge.png").is_file()
+    # a second calibration into the folder leaves none of the first one's per-judge files
+    assert main(argv[: argv.index("--judge")] + ["--judge", str(configs[0])]) == 0
+    assert not list(output.glob("*b-judge*"))
 
 
 def test_a_judge_that_scores_nothing_fails_the_calibration(mined, tmp_path, capsys):

@@ -697,7 +697,9 @@ def item_categories(
 
 def write_report(storage: Any, report: dict[str, Any]) -> list[str]:
     """calibration.json, calibration.md, one precision-recall PNG per judge and a
-    thresholds-<judge>.yaml per judge with per-category thresholds. Returns the keys."""
+    thresholds-<judge>.yaml per judge with per-category thresholds. Returns the keys. The
+    per-judge files of an earlier report in the folder that this one does not write are
+    removed, so the folder never pairs this JSON with another calibration's snippet."""
     import yaml
 
     written = ["calibration.json", "calibration.md"]
@@ -705,11 +707,11 @@ def write_report(storage: Any, report: dict[str, Any]) -> list[str]:
     storage.write_bytes("calibration.md", render_markdown(report).encode("utf-8"))
     for name, figures in report["judges"].items():
         if figures.get("pr_curve"):
-            key = f"pr_curve-{name}.png"
+            key = f"pr_curve-{_file_name(name)}.png"
             storage.write_bytes(key, _pr_png(name, figures))
             written.append(key)
         if figures.get("category_thresholds"):
-            key = f"thresholds-{name}.yaml"
+            key = f"thresholds-{_file_name(name)}.yaml"
             snippet = threshold_snippet(figures["category_thresholds"])
             entries = snippet["validate"]["thresholds"]
             excluded = sorted(k for k, v in entries.items() if v.get("exclude"))
@@ -728,7 +730,15 @@ def write_report(storage: Any, report: dict[str, Any]) -> list[str]:
             )
             storage.write_bytes(key, text.encode("utf-8"))
             written.append(key)
+    for stale in storage.names(""):
+        if stale.startswith(("pr_curve-", "thresholds-")) and stale not in written:
+            storage.delete(stale)
     return written
+
+
+def _file_name(judge: str) -> str:
+    """A judge's name in a file name ("b/judge" -> "b-judge")."""
+    return judge.replace("/", "-")
 
 
 def _pr_png(name: str, figures: dict[str, Any]) -> bytes:
