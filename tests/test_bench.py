@@ -448,3 +448,38 @@ def test_a_malformed_imgedit_json_names_its_file(tmp_path):
     (tmp_path / "basic_edit.json").write_text("{'not': json}")
     with pytest.raises(ValueError, match=r"basic_edit.json is not readable JSON"):
         imgedit.load(str(tmp_path), "en")
+
+
+def test_one_bench_at_a_time_per_output_folder(imgedit_data, tmp_path, monkeypatch):
+    """A second bench into a folder another process is writing would pay for every call
+    again: it is refused, before any call."""
+    import subprocess
+    import sys
+    import time
+
+    from nhr.lock import RunLockedError
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from nhr.lock import RunLock; "
+            f"lock = RunLock({str(out)!r}); lock.__enter__(); print('held', flush=True); "
+            "time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        called = []
+        monkeypatch.setattr(SimBackend, "edit", lambda self, requests: called.append(1) or [])
+        with pytest.raises(RunLockedError, match="is in use by process"):
+            run_bench(benchmark_module("imgedit"), _config(), _config(), imgedit_data, out)
+        assert not called
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    run_bench(benchmark_module("imgedit"), _config(), _config(), imgedit_data, out, seeds=1)

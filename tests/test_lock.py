@@ -109,5 +109,5 @@ def test_two_nhr_mine_at_once_on_one_run_dir(tmp_path, small_config):
     results = [(p.wait(timeout=300), p.stderr.read()) for p in both]
     assert sorted(code for code, _ in results) == [0, 2], results
     loser = next(err for code, err in results if code == 2)
-    assert "nhr: error:" in loser and "is being mined by process" in loser
+    assert "nhr: error:" in loser and "is in use by process" in loser
     assert "Traceback" not in loser

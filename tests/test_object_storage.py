@@ -201,7 +201,7 @@ def test_a_second_driver_is_refused_while_the_lease_holds(bucket, small_config, 
     with ObjectLease(RunStore(url)):
         assert main(["mine", config, "--run-dir", url, "--no-progress"]) == 2
         error = capsys.readouterr().err
-        assert f"is being mined by process {os.getpid()}" in error and "lease" in error
+        assert f"is in use by process {os.getpid()}" in error and "lease" in error
     assert main(["mine", config, "--run-dir", url, "--no-progress"]) == 0
 
 

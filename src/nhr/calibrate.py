@@ -724,7 +724,8 @@ def write_report(storage: Any, report: dict[str, Any]) -> list[str]:
                 )
             text = (
                 f"# per-category thresholds of {name} at precision >= "
-                f"{report['target_precision']} (nhr calibrate); merge into the run config\n"
+                f"{report['target_precision']} (nhr calibrate); merge into the config of a run "
+                f"whose validator (models.validator) is {name}'s model\n"
                 + note
                 + yaml.safe_dump(snippet, sort_keys=True)
             )

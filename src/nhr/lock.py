@@ -199,7 +199,7 @@ class RunLock:
 
     def _message(self, holder: dict[str, Any] | None) -> str:
         return (
-            f"{self.run_dir} is being mined by {describe(holder)}; wait for it to finish or "
+            f"{self.run_dir} is in use by {describe(holder)}; wait for it to finish or "
             f"stop it. If that process is gone (say, its machine was switched off), check, "
             f"then remove {self.path} by hand and run again"
         )
@@ -314,7 +314,7 @@ class ObjectLease:
         if holder and holder.get("expires"):
             expires = f"; its lease expires in {max(0, holder['expires'] - time.time()):.0f} s"
         return (
-            f"{self.store.root} is being mined by {describe(holder)}{expires} unless renewed. "
+            f"{self.store.root} is in use by {describe(holder)}{expires} unless renewed. "
             "Wait for it to finish or stop it; a driver that died releases the run when its "
             f"lease expires (at most {self.ttl_s:.0f} s)"
         )

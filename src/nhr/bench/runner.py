@@ -112,7 +112,30 @@ def run_bench(
     language: str = "en",
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Edit, judge and aggregate; returns bench.json's content (also written to `output`)."""
+    """Edit, judge and aggregate; returns bench.json's content (also written to `output`).
+    One bench at a time per output folder (the run lock): a second would pay for every call
+    again and write the same files."""
+    from nhr.lock import run_lock
+    from nhr.store import RunStore
+
+    store = RunStore(output)
+    store.check_is_directory()
+    with run_lock(store):
+        return _run_bench(
+            benchmark, editor_config, judge_config, data, output, seeds, language, progress
+        )
+
+
+def _run_bench(
+    benchmark: ModuleType,
+    editor_config: Any,
+    judge_config: Any,
+    data: str,
+    output: str,
+    seeds: int,
+    language: str,
+    progress: Callable[[str], None] | None,
+) -> dict[str, Any]:
     from nhr.backends.base import EditRequest
     from nhr.executors.base import BackendPool
     from nhr.ids import derive_seed
