@@ -292,3 +292,29 @@ def test_a_tar_cut_short_keeps_what_it_holds_and_a_non_tar_is_one_line(tmp_path,
     assert main(["score", str(tmp_path / "notatar.tar"), "--judge", JUDGE]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a readable tar archive" in err[0]
+
+
+def test_scoring_again_into_the_same_output_asks_the_judge_nothing_new(
+    tmp_path, triplets, monkeypatch, capsys
+):
+    """The judge's answers are kept in OUTPUT/cache: a killed score run again does not pay
+    twice for what was answered."""
+    from nhr.backends.sim import SimBackend
+
+    spec = magicbrush(tmp_path / "magicbrush.parquet", triplets)
+    argv = ["score", str(spec), "--judge", JUDGE, "--output", str(tmp_path / "out")]
+    assert main([*argv, "--bootstrap", "50"]) == 0
+    first = json.loads((tmp_path / "out" / "scores.json").read_text())
+    asked = []
+    original = SimBackend.ask
+
+    def counting(self, requests):
+        asked.extend(requests)
+        return original(self, requests)
+
+    monkeypatch.setattr(SimBackend, "ask", counting)
+    assert main([*argv, "--bootstrap", "50"]) == 0
+    assert not asked
+    assert json.loads((tmp_path / "out" / "scores.json").read_text()) == first
+    assert main(["score", str(spec), "--judge", JUDGE, "--bootstrap", "50"]) == 0
+    assert asked  # without --output nothing is kept: the judge is asked again

@@ -828,6 +828,7 @@ def _score(args: argparse.Namespace) -> int:
             args.seed,
             args.max_pixels,
             args.bootstrap,
+            cache=open_storage(args.output) if args.output else None,  # answers in DIR/cache
         )
     except ValueError as error:
         raise _UsageError(str(error)) from None
@@ -992,8 +993,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, where a reader gone away is handled, not at exit
         return status
     except KeyboardInterrupt as interrupt:
-        again = "with --resume" if args.command == "train" else "again"
-        print(f"nhr: interrupted; run the same command {again} to resume", file=sys.stderr)
+        if args.command == "score" and not args.output:
+            message = "run it again with --output DIR to keep the judge's answers"
+        else:
+            again = "with --resume" if args.command == "train" else "again"
+            message = f"run the same command {again} to resume"
+        print(f"nhr: interrupted; {message}", file=sys.stderr)
         return 143 if isinstance(interrupt, _Terminated) else 130
     except BrokenPipeError:
         # the reader went away (`nhr report RUN | head`): stop quietly, as other tools do;

@@ -313,9 +313,12 @@ def score_datasets(
     seed: int = 0,
     max_pixels: int = MAX_PIXELS,
     rounds: int = ROUNDS,
+    cache: Any = None,
 ) -> dict[str, Any]:
     """scores.json: {"datasets": {NAME: {"n", "adherence_mean", "adherence_ci",
-    "aesthetics_mean", "aesthetics_ci", "pass_rate", "pass_rate_ci", "rejected"}}, ...}."""
+    "aesthetics_mean", "aesthetics_ci", "pass_rate", "pass_rate_ci", "rejected"}}, ...}.
+    `cache`: a Storage whose cache/ folder keeps the judge's answers (`--output DIR`), so
+    scoring the same sample again (after a kill) asks only what was not answered yet."""
     import tempfile
 
     from nhr.calibrate import load_judge_config
@@ -347,7 +350,8 @@ def score_datasets(
                         "instruction": one.instruction.strip(),
                     }
                 )
-            for result in judge_scores(config, role, images, items) if items else []:
+            answers = judge_scores(config, role, images, items, cache=cache) if items else []
+            for result in answers:
                 if isinstance(result, Failure):
                     scored.rejected["judge_" + result.reason] += 1
                 else:

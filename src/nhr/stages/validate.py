@@ -130,17 +130,28 @@ def validator_scores(
 
 
 def judge_scores(
-    config: Any, role: str, images: Any, items: list[dict[str, Any]], on_done=None
+    config: Any,
+    role: str,
+    images: Any,
+    items: list[dict[str, Any]],
+    on_done=None,
+    cache: Any = None,
 ) -> list[Any]:
     """Score items outside a run (`nhr calibrate --judge`, `nhr score`) with the model of `role`
     in `config`, asked and read exactly as the validate stage asks and reads its validator:
-    with `validate.samples` K > 1, K sampled requests per item, aggregated as the stage does."""
+    with `validate.samples` K > 1, K sampled requests per item, aggregated as the stage does.
+    With `cache` (a Storage), answers are kept there and a repeated request is not sent
+    again (nhr.cache): a killed `nhr score --output DIR` does not pay twice."""
     from nhr.backends import create_backend
 
     model = getattr(config.models, role, None)
     if model is None:
         raise ValueError(f"the judge config has no models.{role} (see --role)")
     backend = create_backend(model)
+    if cache is not None:
+        from nhr.cache import CachedBackend
+
+        backend = CachedBackend(backend, cache, images)
     ctx = StageContext(config, images, backends=lambda _role: backend)
     results = sampled_scores(ctx, role, items, on_done=on_done)
     how = config.validate_.aggregate
