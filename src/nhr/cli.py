@@ -445,7 +445,7 @@ def _measured_calls(config, run_dir: str) -> tuple[str, dict[str, int], int] | N
     the triplets that scale to."""
     import json
 
-    from nhr.analysis.estimate import stage_label
+    from nhr.analysis.estimate import with_roles
     from nhr.config import ConfigError, parse_config
     from nhr.stages.design import design_batches
     from nhr.storage import StorageSetupError
@@ -469,9 +469,13 @@ def _measured_calls(config, run_dir: str) -> tuple[str, dict[str, int], int] | N
             factor = design_batches(config, config.run.prompts) / design_batches(
                 old, old.run.prompts
             )
-        calls[stage_label(config, stage["stage"])] = round(stage["model_calls"] * factor)
+        calls[stage["stage"]] = stage["model_calls"] * factor
     released = round(((stats.get("dataset") or {}).get("rows") or 0) * scale)
-    return f"this run's {old.run.prompts:,} mined prompts, scaled", calls, released
+    return (
+        f"this run's {old.run.prompts:,} mined prompts, scaled",
+        with_roles(config, calls),
+        released,
+    )
 
 
 def _nothing_mined(stats: dict) -> str:

@@ -82,8 +82,32 @@ REFERENCE_ATTEMPTS_PER_SOURCE = REFERENCE_ATTEMPTS / REFERENCE_SOURCES
 
 def reference_calls(config: NhrConfig, prompts: int) -> dict[str, int]:
     """Model calls per stage to expect for `prompts` prompts before anything is mined, keyed
-    like `stage_label` ("edit (editor)"): this config's N, M, B, budget and sampling, and the
-    reference run's survival rates per stage. Editor attempts per gated source are the
+    like `with_roles` ("edit (editor)"); see `_reference_stage_calls`."""
+    return with_roles(config, _reference_stage_calls(config, prompts))
+
+
+def reference_released(config: NhrConfig, prompts: int) -> int:
+    """Released triplets to expect at the reference run's yield per editor attempt."""
+    attempts = _reference_stage_calls(config, prompts)["edit"]
+    return round(attempts * REFERENCE_RELEASED / REFERENCE_ATTEMPTS)
+
+
+def with_roles(config: NhrConfig, calls: dict[str, float]) -> dict[str, int]:
+    """Calls keyed by stage, keyed instead by the stage and the model roles it calls ("edit
+    (editor)"), rounded; stages without calls left out."""
+    from nhr.pipeline import build_stages
+
+    roles = {stage.name: stage.roles for stage in build_stages(config)}
+    return {
+        f"{stage} ({', '.join(roles[stage])})" if roles.get(stage) else stage: round(count)
+        for stage, count in calls.items()
+        if count
+    }
+
+
+def _reference_stage_calls(config: NhrConfig, prompts: int) -> dict[str, float]:
+    """Model calls per stage for `prompts` prompts: this config's N, M, B, budget and
+    sampling, and the reference run's survival rates per stage. Editor attempts per gated source are the
     reference's (its edit budget): without a budget a run makes as many as its designer writes
     edits per prompt, times M, which only a pilot run measures. The pre-filter's checks run
     one after another on the candidates still in: the count is at most one per check."""
@@ -119,18 +143,4 @@ def reference_calls(config: NhrConfig, prompts: int) -> dict[str, int]:
             calls["backward"] = forward  # every inverse is scored
         if config.compose.enabled and config.compose.revalidate:
             calls["compose"] = forward * (1 + ref["inversion"]) * ref["composition"]
-    return {stage_label(config, stage): round(n) for stage, n in calls.items() if n}
-
-
-def reference_released(config: NhrConfig, prompts: int) -> int:
-    """Released triplets to expect at the reference run's yield per editor attempt."""
-    attempts = reference_calls(config, prompts).get(stage_label(config, "edit"), 0)
-    return round(attempts * REFERENCE_RELEASED / REFERENCE_ATTEMPTS)
-
-
-def stage_label(config: NhrConfig, stage: str) -> str:
-    """A stage and the model roles it calls, e.g. "edit (editor)"."""
-    from nhr.pipeline import build_stages
-
-    roles = {s.name: s.roles for s in build_stages(config)}.get(stage)
-    return f"{stage} ({', '.join(roles)})" if roles else stage
+    return calls

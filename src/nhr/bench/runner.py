@@ -118,11 +118,16 @@ def run_bench(
     from nhr.lock import run_lock
     from nhr.store import RunStore
 
+    if seeds < 1:
+        raise ValueError("--seeds must be at least 1")
+    items = benchmark.load(data, language)  # bad data stops here, before the folder is made
+    if not items:
+        raise ValueError(f"no {benchmark.TITLE} items for language {language!r} in {data}")
     store = RunStore(output)
     store.check_is_directory()
     with run_lock(store):
         return _run_bench(
-            benchmark, editor_config, judge_config, data, output, seeds, language, progress
+            benchmark, editor_config, judge_config, data, items, store, seeds, language, progress
         )
 
 
@@ -131,7 +136,8 @@ def _run_bench(
     editor_config: Any,
     judge_config: Any,
     data: str,
-    output: str,
+    items: list[Any],
+    store: Any,
     seeds: int,
     language: str,
     progress: Callable[[str], None] | None,
@@ -140,15 +146,7 @@ def _run_bench(
     from nhr.executors.base import BackendPool
     from nhr.ids import derive_seed
     from nhr.stats import StageStats
-    from nhr.store import RunStore
 
-    if seeds < 1:
-        raise ValueError("--seeds must be at least 1")
-    items = benchmark.load(data, language)
-    if not items:
-        raise ValueError(f"no {benchmark.TITLE} items for language {language!r} in {data}")
-    store = RunStore(output)
-    store.check_is_directory()
     identity = {
         "benchmark": benchmark.NAME,
         "data": str(data),
