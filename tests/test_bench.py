@@ -402,7 +402,7 @@ def test_an_output_holding_another_bench_is_refused_before_any_call(imgedit_data
 def test_an_output_that_cannot_be_written_is_refused_before_any_call(
     imgedit_data, tmp_path, monkeypatch
 ):
-    from nhr.store import RunStore
+    from nhr.storage import LocalStorage
 
     called = []
     monkeypatch.setattr(SimBackend, "edit", lambda self, requests: called.append(1) or [])
@@ -410,7 +410,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_call(
     def refuse(self, key, data):
         raise PermissionError(13, "Permission denied", key)
 
-    monkeypatch.setattr(RunStore, "write_bytes", refuse)
+    monkeypatch.setattr(LocalStorage, "write_bytes", refuse)
     with pytest.raises(PermissionError):
         run_bench(benchmark_module("imgedit"), _config(), _config(), imgedit_data, tmp_path / "o")
     assert not called

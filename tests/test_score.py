@@ -318,3 +318,17 @@ def test_scoring_again_into_the_same_output_asks_the_judge_nothing_new(
     assert json.loads((tmp_path / "out" / "scores.json").read_text()) == first
     assert main(["score", str(spec), "--judge", JUDGE, "--bootstrap", "50"]) == 0
     assert asked  # without --output nothing is kept: the judge is asked again
+
+
+def test_an_output_that_cannot_be_written_is_found_before_the_judge_is_asked(
+    tmp_path, triplets, monkeypatch, capsys
+):
+    from nhr.backends.sim import SimBackend
+
+    asked = []
+    monkeypatch.setattr(SimBackend, "ask", lambda self, requests: asked.extend(requests) or [])
+    spec = magicbrush(tmp_path / "magicbrush.parquet", triplets)
+    (tmp_path / "afile").write_text("")
+    argv = ["score", str(spec), "--judge", JUDGE, "--output", str(tmp_path / "afile" / "out")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith("nhr: error: ") and not asked

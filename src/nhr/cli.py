@@ -821,6 +821,10 @@ def _score(args: argparse.Namespace) -> int:
     from nhr.storage import open_storage
 
     _check_role(args.role)
+    if args.output:
+        from nhr.storage import check_writable
+
+        check_writable(open_storage(args.output))  # before a judge call is paid for
     try:
         columns = parse_columns(args.columns)
         report = score_datasets(

@@ -51,6 +51,16 @@ def is_url(location: str | Path) -> bool:
     return isinstance(location, str) and "://" in location and not location.startswith("file://")
 
 
+WRITE_CHECK = ".nhr-write-check"
+
+
+def check_writable(storage: Storage) -> None:
+    """Write and remove a small file: a folder that cannot be written fails now (OSError),
+    before the work whose results it is to hold (edits, judge calls) is paid for."""
+    storage.write_bytes(WRITE_CHECK, b"")
+    storage.delete(WRITE_CHECK)
+
+
 def open_storage(location: str | Path) -> Storage:
     """The storage of a run directory given as a path or a URL."""
     if is_url(location):

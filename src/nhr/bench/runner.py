@@ -89,11 +89,9 @@ def check_output(store: Any, identity: dict[str, Any]) -> None:
                 f"{store.root} holds the results of another bench (its {', '.join(differ)} "
                 "differ): pass another --output, or delete that folder to replace them"
             )
-    store.write_bytes(WRITE_CHECK, b"")  # fails now, not after every edit was paid for
-    store.storage.delete(WRITE_CHECK)
+    from nhr.storage import check_writable
 
-
-WRITE_CHECK = ".nhr-write-check"
+    check_writable(store.storage)  # fails now, not after every edit was paid for
 
 
 def _cached_config(config: Any) -> Any:
