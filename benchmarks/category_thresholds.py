@@ -14,15 +14,17 @@ The loop a user runs, on the simulator with its realistic judges (the quickstart
      global threshold that reaches it;
   3. mine an evaluation run (seed 0, other prompts and images) with the global 4.7, then redo it
      from `validate` with each threshold setting (same candidates and validator scores), and
-     measure the released triplets against the simulator's truth; a global 4.8 beside them
-     tells a per-category gain from plain tightening.
+     measure the released triplets against the simulator's truth; a global 4.8 and 4.9 beside
+     them tell a per-category gain from plain tightening.
 
 Prints one line per setting: released forward triplets and their precision (positive: both
 true scores > 4.0, the label the target is set on; in brackets the stricter share with no flaw
 at all), the same for all released triplets, and the yield cost (editor calls per released
-forward triplet); the last line says which per-category settings raise released forward
-precision beyond the global 4.7's (95 % Wilson interval), at what cost, and which keep the
-target precision for fewer editor calls per released forward triplet. docs/simulator.md
+forward triplet); then each setting's precision gain over the global 4.7 with a paired 95 %
+bootstrap interval (the runs share most triplets: source images are resampled together for
+both); the last line says which per-category settings raise released forward precision (the
+interval above zero), at what cost, and which keep the target precision for fewer editor
+calls per released forward triplet. docs/simulator.md
 ("Per-category thresholds on the simulator") explains the figures.
 
     python benchmarks/category_thresholds.py [--prompts N] [--calibration-prompts N]
@@ -42,18 +44,22 @@ from _common import quickstart, stage_rows
 
 import nhr
 from nhr.backends.sim.truth import label_candidate, true_scores
+from nhr.bench.stats import paired_bootstrap
 from nhr.calibrate import (
     JudgeScale,
     category_thresholds,
     run_judges,
     threshold_snippet,
-    wilson,
 )
 from nhr.config import parse_config
 from nhr.label_sample import candidates, simulated_labels
 from nhr.labels import ground_truth
 from nhr.pipeline import release_stage
 from nhr.store import ImageStore, RunStore
+
+# global thresholds stricter than the paper's, to tell a per-category gain from plain
+# tightening at a similar yield
+STRICTER_GLOBALS = (4.8, 4.9)
 
 
 def main() -> None:
@@ -173,10 +179,9 @@ def run(work: Path, args) -> None:
     def snippet(chosen):
         return threshold_snippet(chosen)["validate"]["thresholds"]
 
-    # the paper's 4.7, and a stricter global threshold to tell a per-category gain from
-    # plain tightening at a similar yield
-    settings = [("global 4.7 (paper)", None, 4.7), ("global 4.8", None, 4.8)]
-    globals_seen = {4.7, 4.8}
+    settings = [("global 4.7 (paper)", None, 4.7)]
+    settings += [(f"global {t}", None, t) for t in STRICTER_GLOBALS]
+    globals_seen = {4.7, *STRICTER_GLOBALS}
     for source, (chosen, overall) in found.items():
         settings.append((f"per-category at {args.target}, {source}", snippet(chosen), 4.7))
         if overall["adherence"] not in globals_seen:
@@ -218,29 +223,33 @@ def run(work: Path, args) -> None:
 
 
 def summary(results: list[dict], target: float) -> str:
-    """The closing line: the per-category settings whose released forward precision's Wilson
-    95 % interval lies wholly above the global 4.7's precision, with their yield cost, and those
-    that keep the target precision for fewer editor calls per released forward triplet (where
-    the global 4.7 already reaches the target, loosening the reliable categories buys yield)."""
+    """The closing lines: each setting's released forward precision minus the global 4.7's
+    (paired bootstrap, 95 %) and its yield cost; then the per-category settings whose gain's
+    interval lies above zero, and those that keep the target precision for fewer editor calls
+    per released forward triplet (where the global 4.7 already reaches the target, loosening
+    the reliable categories buys yield)."""
     reference, *others = results
 
     def figures(result: dict) -> str:
-        low, high = wilson(result["hits"], result["forward"])
         precision = result["hits"] / result["forward"] if result["forward"] else float("nan")
         return (
-            f"{result['forward']} forward at {precision:.3f} [{low:.3f}, {high:.3f}], "
+            f"{result['forward']} forward at {precision:.3f}, "
             f"{result['calls']:.1f} editor calls each"
         )
 
-    baseline = reference["hits"] / max(1, reference["forward"])
-    raised = [
-        r
-        for r in others
-        if r["name"].startswith("per-category")
-        and r["forward"]
-        and wilson(r["hits"], r["forward"])[0] > baseline
-    ]
-    verdict = "; ".join(f"{r['name']}: {figures(r)}" for r in raised) or "none"
+    lines, raised = [], []
+    for r in others:
+        if not r["forward"]:
+            lines.append(f"  {r['name']}: releases nothing")
+            continue
+        gain, low, high = precision_gain(r, reference)
+        change = r["forward"] / max(1, reference["forward"]) - 1
+        lines.append(
+            f"  {r['name']}: precision {gain:+.3f} [{low:+.3f}, {high:+.3f}], "
+            f"forward triplets {change:+.0%}, {r['calls']:.1f} editor calls each"
+        )
+        if r["name"].startswith("per-category") and low > 0:
+            raised.append(f"{r['name']}: {figures(r)}, {gain:+.3f} [{low:+.3f}, {high:+.3f}]")
     cheaper = [
         r
         for r in others
@@ -250,13 +259,48 @@ def summary(results: list[dict], target: float) -> str:
         and r["calls"] < reference["calls"]
     ]
     yield_verdict = "; ".join(f"{r['name']}: {figures(r)}" for r in cheaper) or "none"
-    stricter = [r for r in others if r["name"] == "global 4.8" and r["forward"]]
-    beside = "".join(f"; for comparison, global 4.8: {figures(r)}" for r in stricter)
     return (
-        f"summary: {reference['name']}: {figures(reference)}; per-category settings that raise "
-        f"released forward precision (95 % interval above {baseline:.3f}): {verdict}; that keep "
-        f"precision >= {target} for fewer editor calls: {yield_verdict}{beside}"
+        "released forward precision against the global 4.7 (paired bootstrap over source "
+        "images, 95 %):\n"
+        + "\n".join(lines)
+        + f"\nsummary: {reference['name']}: {figures(reference)}; per-category settings that "
+        f"raise released forward precision (interval above 0): {'; '.join(raised) or 'none'}; "
+        f"that keep precision >= {target} for fewer editor calls: {yield_verdict}"
     )
+
+
+def per_source(rows: list[tuple[str, bool]]) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    for source, hit in rows:
+        count, hits = out.get(source, (0, 0))
+        out[source] = (count + 1, hits + int(hit))
+    return out
+
+
+def precision_gain(setting: dict, reference: dict) -> tuple[float, float, float]:
+    """The setting's released forward precision minus the reference's, with a paired 95 %
+    bootstrap interval. Both runs release from the same candidates, so most triplets are in
+    both: source images are resampled together for the two (each source's forward triplets
+    as one cluster, since one source's edits share its flaws), which measures the difference
+    itself rather than two independent precisions."""
+    sources = sorted(set(setting["by_source"]) | set(reference["by_source"]))
+    table = np.array(
+        [
+            [*setting["by_source"].get(s, (0, 0)), *reference["by_source"].get(s, (0, 0))]
+            for s in sources
+        ],
+        dtype=float,
+    )
+
+    def gain(items: np.ndarray, _seeds: np.ndarray) -> np.ndarray:
+        count, hits, ref_count, ref_hits = table[items].sum(axis=0)
+        if not count or not ref_count:
+            return np.array([np.nan])
+        return np.array([hits / count - ref_hits / ref_count])
+
+    point = gain(np.arange(len(sources)), np.zeros(1))[0]
+    low, high = paired_bootstrap({"sources": len(sources)}, 1, gain)
+    return float(point), float(low[0]), float(high[0])
 
 
 def describe(name: str, run_dir: Path, positive_above: float) -> tuple[str, dict]:
@@ -279,11 +323,14 @@ def describe(name: str, run_dir: Path, positive_above: float) -> tuple[str, dict
     # Precision as the target is set (positive: both true scores > 4.0), and the stricter
     # share with no flaw at all (truth.label_candidate), for forward and all released.
     calls = attempts / max(1, len(forward))
+    source_of = {r["triplet_id"]: r["source_image"] for r in released}
     result = {
         "name": name,
         "forward": len(forward),
         "hits": sum(positive[t] for t in forward),
         "calls": calls,
+        # per source image: (forward triplets, of them positive), for the paired comparison
+        "by_source": per_source([(source_of[t], positive[t]) for t in forward]),
     }
     return (
         f"{name}: released forward {len(forward)} precision {share(positive, forward):.3f} "

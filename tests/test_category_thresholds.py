@@ -5,6 +5,7 @@ import pytest
 
 from helpers import table_rows
 from nhr.backends.base import CallInfo
+from nhr.calibrate import wilson
 from nhr.config import ConfigError, parse_config
 from nhr.parsing import ParseError
 from nhr.stages.base import StageContext
@@ -177,3 +178,40 @@ def test_validate_drops_an_excluded_category_with_its_reason(tmp_path):
     assert (by_id["1"]["adherence"], by_id["1"]["aesthetics"]) == (5.0, 5.0)  # still scored
     assert by_id["2"]["status"] == "ok"
     assert ctx.stats.rows_out == 1
+
+
+def load_benchmark(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))  # the benchmark imports its _common helpers
+    spec = importlib.util.spec_from_file_location(
+        "category_thresholds", folder / "category_thresholds.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmarks_precision_gain_is_paired_over_source_images(monkeypatch):
+    """Two keep-rules releasing from the same candidates share most triplets: the gain's
+    interval resamples source images for both at once, so dropping truly bad triplets is a
+    gain even where two independent intervals would overlap, and dropping at random is not."""
+    bench = load_benchmark(monkeypatch)
+    # 400 sources with 3 forward triplets each, 94 % positive; the bad ones spread evenly
+    rows = [(f"s{i}", (3 * i + k) % 50 not in (0, 17, 33)) for i in range(400) for k in range(3)]
+    reference = {"by_source": bench.per_source(rows)}
+    same = bench.precision_gain(reference, reference)
+    assert same == (0.0, 0.0, 0.0)
+    # drop 12 of the 72 bad triplets: +0.01 precision, which two independent Wilson intervals
+    # cannot tell apart, but the paired difference can
+    bad = [i for i, (_, hit) in enumerate(rows) if not hit][::6]
+    tighter = {"by_source": bench.per_source([r for i, r in enumerate(rows) if i not in bad])}
+    gain, low, high = bench.precision_gain(tighter, reference)
+    assert 0.005 < gain < 0.015 and 0 < low < gain < high
+    assert wilson(1188 - 60, 1188)[0] < wilson(1200 - 72, 1200)[1]
+    # drop a third of all triplets, good and bad alike: no measurable gain
+    thinner = {"by_source": bench.per_source([r for i, r in enumerate(rows) if i % 3])}
+    gain, low, high = bench.precision_gain(thinner, reference)
+    assert low < 0 < high
