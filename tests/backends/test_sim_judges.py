@@ -340,10 +340,13 @@ def test_raters_agree_most_at_the_ends_of_the_scale_and_labels_stay_on_it():
     assert spread[0.4][0] < spread[1.0][0] - 0.1 and spread[0.4][2] < spread[1.0][2] - 0.1
 
 
-def test_per_category_spearman_is_measured_like_table_b2():
+def test_per_category_spearman_is_measured_and_fitted_like_table_b2():
     """Table B.2's figure (Spearman of the geometric means per ImgEdit category): overall as
-    the paper's, style transfer and background change the weakest single categories as in the
-    paper (which of the two is lower varies with the sample here)."""
+    the paper's, and the single-operation categories fitted to it: close on average, in the
+    paper's order, style transfer the weakest (the profile before the fit: mean deviation
+    0.09, order 0.6, background the weakest)."""
+    from scipy.stats import spearmanr
+
     name = "tuned-gemini-2.0-flash"
     triplets, labels = paper_shaped()
     seen = calibration.readings(judges.PROFILES[name], triplets, name)
@@ -351,7 +354,11 @@ def test_per_category_spearman_is_measured_like_table_b2():
     assert abs(rho["Overall"][0] - calibration.PAPER_OVERALL_RHO) <= 0.06
     singles = {k: r for k, (r, _) in rho.items() if k not in ("Overall", "Compose")}
     assert set(singles) == set(calibration.PAPER_CATEGORY_RHO) - {"Compose"}
-    assert set(sorted(singles, key=singles.get)[:2]) == {"Style", "Background"}
+    paper = [calibration.PAPER_CATEGORY_RHO[k][0] for k in singles]
+    deviation = np.abs(np.array(list(singles.values())) - paper)
+    assert deviation.mean() <= 0.07, {k: round(r, 2) for k, r in singles.items()}
+    assert spearmanr(list(singles.values()), paper).statistic >= 0.8
+    assert min(singles, key=singles.get) == "Style"
     # the categories partition part of the population; composites are several operations
     assert sum(n for k, (_, n) in rho.items() if k != "Overall") < rho["Overall"][1]
     assert rho["Compose"][1] == sum(len(t.operations) > 1 for t in triplets)

@@ -202,23 +202,27 @@ def _profiles() -> dict[str, JudgeProfile]:
     # How the tuned validator differs by operation. The paper's only per-category figure is
     # the tuned validator's Spearman against human ratings per ImgEdit category (arXiv
     # 2507.14119, Table B.2): replace 0.89, action 0.83, adjust 0.79, remove 0.75, add 0.72,
-    # background 0.70, style 0.55 (overall 0.79). The order is matched, the mechanisms are
-    # assumptions (docs/simulator.md). A removal's faint left-over (a
-    # shadow, a smudge) is easy to miss. A style or background change alters most of the
-    # picture: the judge is noisier there, credits a big plausible change too readily
-    # (leniency) and misses side changes hidden in it. Other edits change one region, one
-    # object or one property the judge can compare directly: fewer misses. The aesthetics
-    # error is mostly the judge's opinion of the image itself (noise_correlation 0.2,
-    # picture_share 0.7), so an image it liked in one triplet it likes in its inverse and in
-    # the composites ending in it; its adherence error is mostly shared by both directions of
-    # an image pair (pair_share 0.8).
+    # background 0.70, style 0.55 (overall 0.79). The single-operation categories are fitted
+    # to it (benchmarks/judge_realism.py); the mechanisms are assumptions (docs/simulator.md).
+    # A removal's faint left-over (a shadow, a smudge) is easy to miss. A style or background
+    # change alters most of the picture: the judge is noisier there, credits a big plausible
+    # change too readily (leniency) and misses side changes hidden in it. An added object is
+    # judged on whether something plausible appeared, so a wrong, partial or flawed addition
+    # is often read as done (blind spots x 5, noise x 1.8), as with a style transfer (x 5,
+    # x 2.4). Other edits change one region, one object or one property the judge can compare
+    # directly: fewer misses. The overall adherence noise and the partial / artefact blind
+    # spots are fitted together with these, so Table 1 stays within tolerance. The
+    # aesthetics error is mostly the judge's opinion of the image itself (noise_correlation
+    # 0.2, picture_share 0.7), so an image it liked in one triplet it likes in its inverse and
+    # in the composites ending in it; its adherence error is mostly shared by both directions
+    # of an image pair (pair_share 0.8).
     tuned_noise = categories | {
         "remove_object": 0.9,
+        "add_object": 1.8,
         "change_background": 1.5,
-        "style_transfer": 1.6,
+        "style_transfer": 2.4,
     }
     others = (
-        "add_object",
         "change_color",
         "change_material",
         "replace_object",
@@ -232,11 +236,12 @@ def _profiles() -> dict[str, JudgeProfile]:
     tuned_blind = dict.fromkeys(others, 0.5) | {
         "remove_object": 1.5,
         "change_background": 1.5,
-        "style_transfer": 1.5,
+        "add_object": 5.0,
+        "style_transfer": 5.0,
     }
     return {
         "tuned-gemini-2.0-flash": JudgeProfile(
-            noise_adherence=0.438,
+            noise_adherence=0.36,
             noise_aesthetics=0.505,
             mid_noise_gain=0.48,
             bias_adherence=-0.032,
@@ -244,11 +249,11 @@ def _profiles() -> dict[str, JudgeProfile]:
             noise_correlation=0.2,
             halo=0.118,
             blind_spots={
-                "partial": 0.12,
+                "partial": 0.08,
                 "extra_change": 0.048,
                 "wrong_target": 0.038,
                 "source_defect": 0.072,
-                "artefact": 0.168,
+                "artefact": 0.12,
                 "noise": 0.01,
                 "color_drift": 0.048,
             },
