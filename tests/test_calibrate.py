@@ -387,6 +387,29 @@ def test_cli_writes_exclusions_only_when_asked(mined, tmp_path, capsys):
     assert reports["excluding"]["exclude_unreachable"] is True
 
 
+def test_cli_says_which_categories_got_thresholds_and_why_none_did(mined, tmp_path, capsys):
+    """Asked for per-category thresholds, calibrate says per judge how many categories got
+    one and in which file, or, with too few rated items, that none did and why (the report's
+    table too), instead of leaving the snippet out without a word."""
+    run_dir, _ = mined
+    assert main(["label", str(run_dir), "--sample", "60", "--simulate-raters", "3"]) == 0
+    capsys.readouterr()
+    args = ["calibrate", str(run_dir), "--run", str(run_dir), "--bootstrap", "50"]
+    few = tmp_path / "few"
+    assert main([*args, "--output", str(few)]) == 0
+    printed = capsys.readouterr().out
+    assert "per-category thresholds at 0.9: none; no category keeps 25 scored items" in printed
+    assert not list(few.glob("thresholds-*.yaml"))
+    assert "too few kept (< 25)" in (few / "calibration.md").read_text()
+    some = tmp_path / "some"
+    assert main([*args, "--output", str(some), "--min-kept", "5"]) == 0
+    printed = capsys.readouterr().out
+    written = sorted(p.name for p in some.glob("thresholds-*.yaml"))
+    assert written
+    for name in written:
+        assert "categories (" in printed and f": {name}" in printed
+
+
 def test_judges_of_one_name_are_all_reported_and_labels_in_a_run_find_its_images(
     mined, tmp_path, capsys
 ):

@@ -662,6 +662,7 @@ def calibrate(
         "items": len(truth),
         "positive_above": positive_above,
         "target_precision": target_precision,
+        "min_kept": min_kept,
         "exclude_unreachable": exclude_unreachable,
         "confidence": confidence,
         "bootstrap": {"rounds": rounds, "seed": seed, "level": 0.95},
@@ -777,6 +778,30 @@ def _fmt(value: Any, ci: Any = None) -> str:
     return text
 
 
+def thresholds_summary(report: dict[str, Any], name: str) -> str | None:
+    """One line on a judge's per-category thresholds at the target precision: how many
+    categories got one and where they are written, or why none did. None without a target."""
+    figures = report["judges"][name]
+    target = report.get("target_precision")
+    if target is None or "by_category" not in figures:
+        return None
+    chosen = figures.get("category_thresholds") or {}
+    categories = len(figures["by_category"])
+    if not chosen:
+        return (
+            f"per-category thresholds at {target}: none; no category keeps "
+            f"{report.get('min_kept', MIN_KEPT)} scored items (--min-kept) at any threshold, "
+            "so the global pair stays: rate more items (--sample) for them"
+        )
+    reached = sum(1 for c in chosen.values() if c["reached"])
+    excluded = sum(1 for c in chosen.values() if c.get("exclude"))
+    return (
+        f"per-category thresholds at {target}: {len(chosen)} of {categories} categories "
+        f"({reached} reach it, {excluded} excluded; the others keep the global pair): "
+        f"thresholds-{_file_name(name)}.yaml"
+    )
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     raters = report["raters"]
     lines = [
@@ -845,7 +870,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         for category, c in f["by_category"].items():
             pick = chosen.get(category)
             where = (
-                "n/a"
+                f"too few kept (< {report.get('min_kept', MIN_KEPT)})"
+                if pick is None and report.get("target_precision") is not None
+                else "n/a"
                 if pick is None
                 else "excluded (target unreachable)"
                 if pick.get("exclude")

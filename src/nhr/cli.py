@@ -781,6 +781,9 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"{cal._fmt(t['precision'], t['precision_ci'])}  recall "
             f"{cal._fmt(t['recall'], t['recall_ci'])}"
         )
+        thresholds = cal.thresholds_summary(report, name)
+        if thresholds:
+            print(f"    {thresholds}")
     print("  files: " + ", ".join(written))
     silent = [judge for judge in rescored if not judge.scores]
     for judge in silent:  # a judge that answered nothing is broken, not calibrated
