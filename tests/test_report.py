@@ -328,6 +328,13 @@ def test_report_before_the_validator_ran(report, tmp_path):
     assert all(c["pass_rate"] is None for c in summary["categories"])
     categories = page[page.index('id="categories"') : page.index('id="reasons"')]
     assert "<td class=n>–</td>" in categories and "0.0%" not in categories
+    # the stages after the editor are not reached: their counts are unknown, not 0
+    for c in summary["categories"]:
+        assert c["attempts"] > 0 and c["pairs"] is c["forward"] is c["released"] is None, c
+    assert "<td class=n>0</td>" not in categories
+    markdown = (copy / "report" / "report.md").read_text()
+    table = markdown[markdown.index("## Per category") : markdown.index("## Drops")]
+    assert "| – | – | – |" in table and "| 0 |" not in table
     # an empty pool: a note, no plot (the finished run's PNG is removed, not left stale)
     assert summary["survival_curve"]["pool"] == 0
     assert 'id="no-pool"' in page and "survival_curve.png" not in page

@@ -296,4 +296,4 @@ def target_mix_report(config: Any, categories: list[dict[str, Any]]) -> list[dic
     target = config.brief.target_mix
     if target is None:
         return None
-    return mix_table(target, {row["operation"]: row["forward"] for row in categories})
+    return mix_table(target, {row["operation"]: row["forward"] or 0 for row in categories})

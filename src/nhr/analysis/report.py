@@ -292,6 +292,15 @@ def category_yield(store: RunStore, release: str) -> list[dict[str, Any]]:
     for row in finished_rows(store, release):
         if row["status"] == OK:
             per[row["operation"]]["released"] += 1
+    # a count of a stage with no finished shard yet (a partial run) is None, not 0: nothing
+    # is known about it, as "not reached yet" in the survival table
+    reached = {
+        "attempts": True,
+        "validated": bool(judged),
+        "pairs": bool(finished_shards(store, "select")),
+        "forward": bool(finished_shards(store, "select")),
+        "released": bool(finished_shards(store, release)),
+    }
     rows = []
     for operation, counts in per.items():
         rows.append(
@@ -299,12 +308,17 @@ def category_yield(store: RunStore, release: str) -> list[dict[str, Any]]:
                 "operation": operation,
                 "category": category_label(operation),
                 "composite": "+" in operation,
-                **{k: counts[k] for k in ("attempts", "validated", "pairs", "forward", "released")},
+                **{k: counts[k] if reached[k] else None for k in reached},
                 "pass_rate": counts["validated"] / counts["judged"] if counts["judged"] else None,
                 "pair_success": counts["forward"] / counts["pairs"] if counts["pairs"] else None,
             }
         )
     return sorted(rows, key=lambda r: (category_sort_key(r["category"]), r["operation"]))
+
+
+def count_text(value: int | None) -> str:
+    """A category count as the tables show it: "–" for a stage not reached yet."""
+    return "–" if value is None else f"{value:,}"
 
 
 def category_label(operation: str) -> str:
@@ -462,10 +476,8 @@ def report_markdown(summary: dict[str, Any], plot: bool) -> str:
     ]
     for c in summary["categories"]:
         rate = "–" if c["pass_rate"] is None else f"{c['pass_rate']:.1%}"  # – : none judged
-        lines.append(
-            f"| {c['category']} | {c['attempts']} | {rate} | {c['pairs']} | "
-            f"{c['forward']} | {c['released']} |"
-        )
+        counts = [count_text(c[k]) for k in ("attempts", "pairs", "forward", "released")]
+        lines.append(f"| {c['category']} | {counts[0]} | {rate} | " + " | ".join(counts[1:]) + " |")
     lines += ["", "## Drops and failures per stage", ""]
     if summary["reasons"]:
         lines += ["| stage | outcome | reason | count |", "|---|---|---|---:|"]

@@ -234,17 +234,20 @@ def estimate_html(summary: dict[str, Any]) -> str:
 
 
 def categories_html(summary: dict[str, Any]) -> str:
+    from nhr.analysis.report import count_text
+
     rows = "".join(
-        f"<tr><td>{e(c['category'])}</td><td class=n>{c['attempts']:,}</td>"
-        f"<td class=n>{_share(c['pass_rate']) or '–'}</td><td class=n>{c['pairs']:,}</td>"
-        f"<td class=n>{c['forward']:,}</td><td class=n>{c['released']:,}</td></tr>"
+        f"<tr><td>{e(c['category'])}</td><td class=n>{count_text(c['attempts'])}</td>"
+        f"<td class=n>{_share(c['pass_rate']) or '–'}</td><td class=n>{count_text(c['pairs'])}</td>"
+        f"<td class=n>{count_text(c['forward'])}</td><td class=n>{count_text(c['released'])}</td></tr>"
         for c in summary["categories"]
     )
     return (
         '<h2 id="categories">Per category</h2><p class="note">Single operations, then '
         "composites (&ldquo;A &amp; B&rdquo;: undo A, then do B), which are made from released "
         "pairs and so have no editor attempts of their own. Pass rate: the share of the editor "
-        "attempts the validator passed (&ndash;: none judged yet).</p><table><tr><th>category</th>"
+        "attempts the validator passed. &ndash;: that stage has judged nothing yet.</p>"
+        "<table><tr><th>category</th>"
         "<th class=n>attempts</th><th class=n>pass rate</th><th class=n>pairs</th>"
         f"<th class=n>forward</th><th class=n>released</th></tr>{rows}</table>"
     )
