@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from helpers import table_rows
 from nhr.backends.sim.raters import RaterPool, rate
 from nhr.cli import main
 from nhr.label_sample import UNSCORED, bucket_of, candidates, run_sample, stratified_sample
@@ -199,6 +200,33 @@ def test_simulated_raters_label_a_run(mined, tmp_path, capsys):
     assert set(ground_truth(rows)) <= known
     assert main(["label", str(copy), "--sample", "12", "--simulate-raters", "3"]) == 0
     assert (copy / "labels" / "simulated.parquet").read_bytes() == first  # deterministic
+
+
+def test_a_validated_only_sample_calibrates_the_validator_on_every_item(mined, tmp_path, capsys):
+    """By default the pre-filter's rejects fill the low buckets, and the validator never
+    scored them; --validated-only keeps to what it scored, so calibrating it on the run's
+    stored scores uses every rated item. A run whose validator scored nothing says so."""
+    run_dir, _ = mined
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("labels"))
+    store = RunStore(copy)
+    validated = {row["candidate_id"] for row in table_rows(copy, "validate")}
+    plain = {item["item"] for item in run_sample(store, 40)}
+    assert plain - validated  # some of the default sample the validator never saw
+    args = ["label", str(copy), "--sample", "40", "--simulate-raters", "3", "--validated-only"]
+    assert main(args) == 0
+    rated = {row["item"] for row in read_labels(copy)}
+    assert len(rated) == min(40, len(validated)) and rated <= validated
+    capsys.readouterr()
+    report = tmp_path / "calibration"
+    calibrate = ["calibrate", str(copy), "--run", str(copy), "--output", str(report)]
+    assert main([*calibrate, "--bootstrap", "20"]) == 0
+    figures = json.loads((report / "calibration.json").read_text())["judges"]["validator"]
+    assert figures["n"] == len(rated) and figures["unscored"] == 0
+    for marker in (copy / "stages" / "validate").glob("shard-*.done.json"):
+        marker.unlink()  # as if the validator had not run yet
+    assert main(["label", str(copy), "--sample", "5", "--validated-only"]) == 2
+    assert "no candidate the validator scored to rate yet" in capsys.readouterr().err
 
 
 def test_label_refuses_what_is_not_a_run(tmp_path, capsys):

@@ -124,6 +124,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--sample", type=_positive_int, default=100, help="triplets to rate (default 100)"
     )
     label.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    label.add_argument(
+        "--validated-only",
+        action="store_true",
+        help="sample only candidates the validator scored (to calibrate it on the run's "
+        "stored scores; by default the pre-filter's rejects fill the low buckets)",
+    )
     label.add_argument("--port", type=int, help="port of the rating page (default: a free one)")
     label.add_argument(
         "--simulate-raters",
@@ -645,17 +651,16 @@ def _label(args: argparse.Namespace) -> int:
             return 0
         if args.sample < 1:
             raise _UsageError("--sample must be at least 1")
+        if args.simulate_raters is not None and args.simulate_raters < 1:
+            raise _UsageError("--simulate-raters must be at least 1")
+        sample = run_sample(store, args.sample, args.seed, args.validated_only)
+        if not sample:
+            what = "candidate the validator scored" if args.validated_only else "edited candidate"
+            raise _UsageError(f"{store.where()} has no {what} to rate yet")
         if args.simulate_raters is not None:
-            if args.simulate_raters < 1:
-                raise _UsageError("--simulate-raters must be at least 1")
-            where, items, rows = write_simulated(
-                store, args.sample, args.simulate_raters, args.seed
-            )
+            where, items, rows = write_simulated(store, sample, args.simulate_raters, args.seed)
             print(f"{args.simulate_raters} simulated raters rated {items} triplets: {where}")
             return 0
-        sample = run_sample(store, args.sample, args.seed)
-        if not sample:
-            raise _UsageError(f"{store.where()} has no edited candidate to rate yet")
         if args.to_label_studio:
             from nhr.label_studio import export_tasks
 

@@ -5,7 +5,9 @@ set (arXiv 2507.14119) was deliberately spread over the whole quality range (bim
 calibration sees bad, middling and good edits alike, not just what the validator passed. The
 buckets cut the lower of a candidate's two validator scores (the keep-rule needs both);
 candidates the validator never saw (dropped by the pre-filter) use the pre-filter's scores,
-which come from the validator's own prompt. The sample depends only on the run and the seed.
+which come from the validator's own prompt. Those make up most of a run's candidates, so a
+sample meant to calibrate the validator on its stored scores can keep to the candidates it
+scored (`validated_only`). The sample depends only on the run, the seed and that choice.
 """
 
 from __future__ import annotations
@@ -32,23 +34,29 @@ def bucket_of(adherence: float | None, aesthetics: float | None) -> str:
     return f"{lower:g}-5"
 
 
-def candidates(store: Any) -> list[dict[str, Any]]:
-    """Every edited candidate of a run, with its images (digests), instruction, category and
-    the judge scores it got: {item, source_image, edited_image, instruction, category,
-    operation, adherence, aesthetics, bucket}, in candidate-id order."""
+def candidates(store: Any, validated_only: bool = False) -> list[dict[str, Any]]:
+    """Every edited candidate of a run (with `validated_only`: those the validator scored),
+    with its images (digests), instruction, category and the judge scores it got: {item,
+    source_image, edited_image, instruction, category, operation, adherence, aesthetics,
+    bucket}, in candidate-id order."""
     from nhr import taxonomy
 
     def rows(stage: str) -> list[dict[str, Any]]:
         return [row for shard in store.done_shards(stage) for row in store.read_rows(stage, shard)]
 
     scores: dict[str, tuple[float, float]] = {}
+    validated: set[str] = set()
     for stage in ("prefilter", "validate"):  # the validator's scores win
         for row in rows(stage):
             if row.get("adherence") is not None and row.get("aesthetics") is not None:
                 scores[row["candidate_id"]] = (row["adherence"], row["aesthetics"])
+                if stage == "validate":
+                    validated.add(row["candidate_id"])
     found = []
     for row in rows("edit"):
         if row["status"] != "ok" or not row.get("edited_image"):
+            continue
+        if validated_only and row["candidate_id"] not in validated:
             continue
         operation = row["operation"]
         try:
@@ -108,9 +116,11 @@ def stratified_sample(
     return chosen
 
 
-def run_sample(store: Any, count: int, seed: int = 0) -> list[dict[str, Any]]:
+def run_sample(
+    store: Any, count: int, seed: int = 0, validated_only: bool = False
+) -> list[dict[str, Any]]:
     """The stratified sample of a run's candidates (see module docstring)."""
-    return stratified_sample(candidates(store), count, seed)
+    return stratified_sample(candidates(store, validated_only), count, seed)
 
 
 class NotASimulatorRun(ValueError):
@@ -158,10 +168,11 @@ def simulated_labels(
     ]
 
 
-def write_simulated(store: Any, count: int, raters: int, seed: int = 0) -> tuple[str, int, int]:
-    """Sample, rate with simulated raters, write RUN/labels/simulated.parquet (whole, atomic).
-    Returns (where, items, rows)."""
-    sample = run_sample(store, count, seed)
+def write_simulated(
+    store: Any, sample: list[dict[str, Any]], raters: int, seed: int = 0
+) -> tuple[str, int, int]:
+    """Rate a sample with simulated raters, write RUN/labels/simulated.parquet (whole,
+    atomic). Returns (where, items, rows)."""
     rows = simulated_labels(store, sample, raters, seed)
     write_labels(store.storage, SIMULATED_KEY, rows)
     return str(store.where(SIMULATED_KEY)), len(sample), len(rows)
