@@ -246,7 +246,7 @@ def categories_html(summary: dict[str, Any]) -> str:
         '<h2 id="categories">Per category</h2><p class="note">Single operations, then '
         "composites (&ldquo;A &amp; B&rdquo;: undo A, then do B), which are made from released "
         "pairs and so have no editor attempts of their own. Pass rate: the share of the editor "
-        "attempts the validator passed. &ndash;: that stage has judged nothing yet.</p>"
+        "attempts the validator passed. &ndash;: that stage has finished nothing yet.</p>"
         "<table><tr><th>category</th>"
         "<th class=n>attempts</th><th class=n>pass rate</th><th class=n>pairs</th>"
         f"<th class=n>forward</th><th class=n>released</th></tr>{rows}</table>"
