@@ -829,10 +829,11 @@ def _score(args: argparse.Namespace) -> int:
     from nhr.storage import open_storage
 
     _check_role(args.role)
-    if args.output:
+    output = open_storage(args.output) if args.output else None
+    if output is not None:
         from nhr.storage import check_writable
 
-        check_writable(open_storage(args.output))  # before a judge call is paid for
+        check_writable(output)  # before a judge call is paid for
     try:
         columns = parse_columns(args.columns)
         report = score_datasets(
@@ -844,16 +845,15 @@ def _score(args: argparse.Namespace) -> int:
             args.seed,
             args.max_pixels,
             args.bootstrap,
-            cache=open_storage(args.output) if args.output else None,  # answers in DIR/cache
+            cache=output,  # the judge's answers in DIR/cache
         )
     except ValueError as error:
         raise _UsageError(str(error)) from None
     print(render_table(report))
-    if args.output:
-        storage = open_storage(args.output)
-        storage.write_bytes("scores.json", json.dumps(report, indent=2).encode("utf-8"))
-        storage.write_bytes("scores.png", plot_png(report))
-        print(f"scores.json and scores.png in {storage.where('')}")
+    if output is not None:
+        output.write_bytes("scores.json", json.dumps(report, indent=2).encode("utf-8"))
+        output.write_bytes("scores.png", plot_png(report))
+        print(f"scores.json and scores.png in {output.where('')}")
     if not any(entry["n"] for entry in report["datasets"].values()):
         print(
             "nhr: no triplet could be scored (see the rejected reasons above: judge_* ones "

@@ -197,6 +197,10 @@ def test_a_lora_retrained_into_the_same_folder_is_another_model_to_the_cache(tmp
     after = DiffusersBackend(config).info().params
     assert before["loras"][0]["digest"] != after["loras"][0]["digest"]
     assert weights_digest("some-org/some-hub-lora") is None  # a hub id is known by its name
+    # a folder without the named weights: no identity error here, the load reports it
+    assert weights_digest(str(lora), "missing.safetensors") is None
+    (tmp_path / "empty").mkdir()
+    assert weights_digest(str(tmp_path / "empty")) is None
 
 
 # -- edit -------------------------------------------------------------------------------

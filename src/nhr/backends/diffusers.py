@@ -491,7 +491,8 @@ __all__ = [
 def weights_digest(path: str, weight_name: str | None = None) -> str | None:
     """SHA-256 over the names and bytes of a local LoRA's weight files (a file, or the
     `weight_name` file or every *.safetensors / *.bin file of a folder); None when `path` is
-    not on this machine (a hub id)."""
+    not on this machine (a hub id) or holds no such file: loading it is what reports that,
+    as for an unreadable model."""
     import hashlib
     from pathlib import Path
 
@@ -502,6 +503,8 @@ def weights_digest(path: str, weight_name: str | None = None) -> str | None:
         files = [root / weight_name] if weight_name else sorted(root.glob("*.safetensors"))
         files = files or sorted(root.glob("*.bin"))
     else:
+        return None
+    if not files or not all(file.is_file() for file in files):
         return None
     digest = hashlib.sha256()
     for file in files:
